@@ -1,0 +1,104 @@
+"""Command line: argument wiring only; everything it does is a library call (``unseen.runs`` and friends)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from unseen.config import ConfigError
+from unseen.io import DataFormatError, UnsafeFileError
+
+USER_ERRORS = (ConfigError, DataFormatError, UnsafeFileError, FileNotFoundError, FileExistsError, KeyError,
+               ValueError, NotImplementedError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unseen", description="Zero-shot recognition: attribute, multi-label, compositional.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train + evaluate every method on the embedded benchmark (no download)")
+    d.add_argument("setting", nargs="?", default="attribute", choices=["attribute"])
+    d.add_argument("--output-dir", default="runs")
+    d.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo method's config")
+
+    t = sub.add_parser("train", help="train and evaluate one run from a config")
+    t.add_argument("config", nargs="?", help="YAML path or packaged name, e.g. attribute/mgmrn_cub")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=5")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+
+    e = sub.add_parser("eval", help="recompute a finished run's test metrics")
+    e.add_argument("run_dir")
+
+    pr = sub.add_parser("predict", help="top-k classes for images, from a trained run")
+    pr.add_argument("checkpoint", help="run folder (or a checkpoint file inside it)")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--classes", default="all", help="all | seen | unseen | comma-separated class names")
+    pr.add_argument("--topk", type=int, default=5)
+
+    da = sub.add_parser("data", help="dataset utilities")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    ck = dsub.add_parser("check", help="validate a user's copy of a dataset and report what is wrong")
+    ck.add_argument("format", choices=["xlsa17"])
+    ck.add_argument("--root", required=True, help="folder holding att_splits.mat")
+    ck.add_argument("--image-root", default=None)
+    ck.add_argument("--image-list", default=None)
+    ck.add_argument("--w2v", default=None)
+
+    sub.add_parser("list", help="registered models and datasets")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return _dispatch(args)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"unseen {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from unseen import runs
+
+    if args.command == "demo":
+        print(runs.demo(args.setting, args.output_dir, args.overrides))
+    elif args.command == "train":
+        if not args.config and not args.resume:
+            raise ConfigError("give a config (e.g. attribute/demo_mgmrn) or --resume RUN_DIR")
+        res = runs.train(args.config, args.overrides, args.resume)
+        print(json.dumps({"run_dir": res["run_dir"], "metrics": res["metrics"], "selection": res["selection"]}, indent=2))
+    elif args.command == "eval":
+        print(json.dumps(runs.evaluate_run(args.run_dir), indent=2))
+    elif args.command == "predict":
+        for item in runs.predict(args.checkpoint, args.images, args.classes, args.topk):
+            print(item["image"])
+            for t in item["top"]:
+                print(f"  {t['score']:8.3f}  {t['class']}{'' if t['seen'] else '  (unseen)'}")
+    elif args.command == "data":
+        from unseen.attribute.data import check_xlsa17
+
+        for line in check_xlsa17(args.root, image_root=args.image_root, image_list=args.image_list, w2v=args.w2v):
+            print(line)
+        print("OK")
+    elif args.command == "list":
+        from unseen.registry import DATASETS, MODELS, list_datasets, list_models
+
+        print("models:")
+        for n in list_models():
+            print(f"  {n:10s} [{MODELS[n].setting}] {MODELS[n].description}")
+        print("datasets:")
+        for n in list_datasets():
+            print(f"  {n:10s} [{DATASETS[n].setting}] {DATASETS[n].description}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Safe loading and atomic writing.
+
+Everything a user hands us from the internet (pickles, checkpoints) is loaded without executing code:
+``safe_pickle_load`` rebuilds numpy arrays and plain Python containers only, ``load_torch`` always uses
+``weights_only=True``. Everything we write goes to a temporary file in the same folder and is renamed
+into place, so a crash never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class UnsafeFileError(ValueError):
+    """A file asked to import or call something that is not on the allow-list."""
+
+
+class DataFormatError(ValueError):
+    """A data file is missing, malformed, or inconsistent. The message names the file and the field."""
+
+
+# Globals a numpy-array pickle legitimately needs, across numpy 1.x / 2.x module layouts.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {}
+
+
+def _allow(module: str, name: str, obj: Any) -> None:
+    _ALLOWED_GLOBALS[(module, name)] = obj
+
+
+def _populate_allowlist() -> None:
+    import importlib
+
+    core = importlib.import_module("numpy._core" if hasattr(np, "_core") else "numpy.core")
+    multiarray = importlib.import_module(core.__name__ + ".multiarray")
+    numeric = importlib.import_module(core.__name__ + ".numeric")
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        _allow(mod, "_reconstruct", multiarray._reconstruct)
+        _allow(mod, "scalar", multiarray.scalar)
+    for mod in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
+        _allow(mod, "ndarray", np.ndarray)
+        _allow(mod, "dtype", np.dtype)
+    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+        _allow(mod, "_frombuffer", getattr(numeric, "_frombuffer", _frombuffer))
+    # numpy >= 1.25 pickles dtypes as numpy.dtypes.Float64DType etc.
+    try:
+        import numpy.dtypes as npd
+
+        for name in dir(npd):
+            if name.endswith("DType"):
+                _allow("numpy.dtypes", name, getattr(npd, name))
+    except ImportError:  # pragma: no cover - old numpy
+        pass
+    _allow("collections", "OrderedDict", __import__("collections").OrderedDict)
+    _allow("builtins", "list", list)
+    _allow("builtins", "dict", dict)
+    _allow("builtins", "tuple", tuple)
+    _allow("builtins", "set", set)
+    _allow("builtins", "frozenset", frozenset)
+    _allow("builtins", "bytearray", bytearray)
+    _allow("_codecs", "encode", __import__("codecs").encode)
+
+
+def _frombuffer(buf: bytes, dtype: Any, shape: Any, order: str) -> np.ndarray:  # pragma: no cover
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, source: str) -> None:
+        super().__init__(file, encoding="latin1")
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if not _ALLOWED_GLOBALS:
+            _populate_allowlist()
+        obj = _ALLOWED_GLOBALS.get((module, name))
+        if obj is None:
+            raise UnsafeFileError(
+                f"{self._source}: refusing to load: the pickle asks for '{module}.{name}', but only numpy "
+                "arrays and plain containers may be loaded (convert the file to .npy/.npz if it is yours)"
+            )
+        return obj
+
+
+def safe_pickle_load(path: str | os.PathLike[str] | bytes) -> Any:
+    """Load a pickle that may only contain numpy arrays, numpy scalars and plain Python containers.
+
+    ``path`` may also be the raw bytes of a pickle. Anything else (a class, a function, ``os.system``)
+    raises :class:`UnsafeFileError` naming the global it asked for; nothing is executed.
+    """
+    if isinstance(path, bytes):
+        data, source = path, "<bytes>"
+    else:
+        source = str(path)
+        if not Path(path).is_file():
+            raise DataFormatError(f"{source}: file not found")
+        data = Path(path).read_bytes()
+    try:
+        return _NumpyOnlyUnpickler(io.BytesIO(data), source).load()
+    except UnsafeFileError:
+        raise
+    except Exception as exc:  # corrupt / truncated / not a pickle
+        raise DataFormatError(f"{source}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
+
+
+def load_torch(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors and plain containers only)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as exc:
+        raise DataFormatError(f"{path}: file not found") from exc
+    except pickle.UnpicklingError as exc:
+        raise UnsafeFileError(f"{path}: refusing to load: {exc}".split("\n")[0]) from exc
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
+    """Append one JSON line (flushed + fsynced: a killed run keeps every line it finished)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Write tensors as safetensors, atomically. Tensors are made contiguous CPU copies."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=metadata)
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise DataFormatError(f"{path}: file not found")
+    return load_file(str(path))
+
+
+def file_sha256(path: str | os.PathLike[str], limit: int | None = None) -> str:
+    """Hex SHA-256 of a file (of its first ``limit`` bytes if given)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    remaining = limit
+    with open(path, "rb") as f:
+        while True:
+            n = 1 << 20 if remaining is None else min(1 << 20, remaining)
+            if n == 0:
+                break
+            chunk = f.read(n)
+            if not chunk:
+                break
+            h.update(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+    return h.hexdigest()

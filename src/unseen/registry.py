@@ -1,0 +1,94 @@
+"""Name -> constructor registries for models and datasets (timm-style ``register_model`` / ``create_model``).
+
+A model registers with the setting it belongs to and the dataclass that is its config schema:
+
+    @register_model("mgmrn", setting="attribute", config=MgMRNConfig)
+    class MgMRN(nn.Module):
+        def __init__(self, cfg: MgMRNConfig, **context): ...
+
+``create_model("mgmrn", {"n_levels": 1}, **context)`` validates the overrides against the schema (unknown keys
+are rejected with the valid ones listed) and builds the model. Datasets register the same way; their
+builder takes the dataset config and returns the setting's data object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    setting: str
+    builder: Callable[..., Any]
+    config: type | None
+    description: str
+
+
+MODELS: dict[str, Entry] = {}
+DATASETS: dict[str, Entry] = {}
+
+
+def _register(table: dict[str, Entry], kind: str, name: str, setting: str, config: type | None, description: str):
+    def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
+        if name in table and table[name].builder is not obj:
+            raise KeyError(f"{kind} '{name}' is already registered")
+        doc = description or (obj.__doc__ or "").strip().split("\n")[0]
+        table[name] = Entry(name, setting, obj, config, doc)
+        return obj
+
+    return deco
+
+
+def register_model(name: str, setting: str, config: type | None = None, description: str = ""):
+    """Decorator: register a model class/builder under ``name`` for ``setting``."""
+    return _register(MODELS, "model", name, setting, config, description)
+
+
+def register_dataset(name: str, setting: str, config: type | None = None, description: str = ""):
+    """Decorator: register a dataset builder under ``name`` for ``setting``."""
+    return _register(DATASETS, "dataset", name, setting, config, description)
+
+
+def _ensure_loaded() -> None:
+    # Importing the settings registers their models and datasets.
+    import unseen.attribute  # noqa: F401
+
+
+def _get(table: dict[str, Entry], kind: str, name: str) -> Entry:
+    _ensure_loaded()
+    if name not in table:
+        raise KeyError(f"unknown {kind} '{name}'; available: {', '.join(sorted(table)) or '(none)'}")
+    return table[name]
+
+
+def get_model_entry(name: str) -> Entry:
+    return _get(MODELS, "model", name)
+
+
+def get_dataset_entry(name: str) -> Entry:
+    return _get(DATASETS, "dataset", name)
+
+
+def list_models(setting: str | None = None) -> list[str]:
+    _ensure_loaded()
+    return sorted(n for n, e in MODELS.items() if setting is None or e.setting == setting)
+
+
+def list_datasets(setting: str | None = None) -> list[str]:
+    _ensure_loaded()
+    return sorted(n for n, e in DATASETS.items() if setting is None or e.setting == setting)
+
+
+def create_model(name: str, config: Any = None, **context: Any) -> Any:
+    """Build model ``name``. ``config`` is its config dataclass, a dict of overrides, or None (defaults)."""
+    from unseen.config import build_dataclass
+
+    entry = get_model_entry(name)
+    if entry.config is None:
+        return entry.builder(**context)
+    if config is None or isinstance(config, dict):
+        config = build_dataclass(entry.config, config or {}, where=f"model '{name}'")
+    return entry.builder(config, **context)

@@ -1,0 +1,103 @@
+"""Results tables and plots (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    from unseen.io import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    _plt().close(fig)
+    return path
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], title: str = "",
+                 percent: bool = True) -> str:
+    """Fixed-width text table. ``columns`` = (key, header); floats shown x100 with one decimal if ``percent``."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            if np.isnan(v):
+                return "-"
+            return f"{100 * v:.1f}" if percent else f"{v:.3g}"
+        return "-" if v is None else str(v)
+
+    table = [[h for _, h in columns]] + [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    lines = [" | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return (title + "\n" if title else "") + "\n".join(lines)
+
+
+def plot_gamma_curve(sweep: Any, chosen_gamma: float, oracle: Any, path: str | Path, title: str = "") -> Path:
+    """Left: S, U, H (%) over gamma with the validation-chosen gamma; right: the seen-unseen curve (AUSUC)."""
+    plt = _plt()
+    g = np.asarray(sweep.gammas, dtype=float)
+    S, U, H = (100 * np.asarray(x, dtype=float) for x in (sweep.S, sweep.U, sweep.H))
+    finite = np.isfinite(g)
+    lo, hi = np.percentile(g[finite], [1, 99]) if finite.any() else (-1, 1)
+    pad = 0.1 * (hi - lo + 1e-9)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    order = np.argsort(g)
+    for y, lab in ((S, "S (seen)"), (U, "U (unseen)"), (H, "H")):
+        ax.step(g[order], y[order], where="post", label=lab)
+    ax.axvline(chosen_gamma, color="k", ls="--", lw=1, label=f"validation gamma = {chosen_gamma:.3g}")
+    if oracle is not None:
+        ax.axvline(oracle.gamma, color="grey", ls=":", lw=1, label=f"oracle (test) gamma = {oracle.gamma:.3g}")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_xlabel("gamma (subtracted from seen-class scores)")
+    ax.set_ylabel("per-class accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "GZSL calibrated stacking")
+    o2 = np.argsort(U)
+    ax2.plot(U[o2], S[o2], "-", color="C0")
+    ax2.set_xlabel("U: unseen accuracy (%)")
+    ax2.set_ylabel("S: seen accuracy (%)")
+    ax2.set_title("seen-unseen curve (area = AUSUC)")
+    ax2.set_xlim(0, 100)
+    ax2.set_ylim(0, 100)
+    return _save(fig, path)
+
+
+def plot_attention_maps(image: np.ndarray, maps: Sequence[np.ndarray], level_names: Sequence[str],
+                        attribute_names: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Rows = attributes, columns = the image then one attention map per level, upsampled over the image.
+
+    ``image``: H x W x 3 in [0, 1]; ``maps[l]``: n_attributes x h x w for level l.
+    """
+    plt = _plt()
+    n_attr, n_lev = len(attribute_names), len(maps)
+    fig, axes = plt.subplots(n_attr, n_lev + 1, figsize=(2.0 * (n_lev + 1), 2.0 * n_attr), squeeze=False)
+    H, W = image.shape[:2]
+    for r, name in enumerate(attribute_names):
+        axes[r, 0].imshow(image)
+        axes[r, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+        for c, (m, lev) in enumerate(zip(maps, level_names)):
+            a = axes[r, c + 1]
+            a.imshow(image)
+            a.imshow(m[r], cmap="jet", alpha=0.5, extent=(0, W, H, 0), interpolation="bilinear")
+            if r == 0:
+                a.set_title(lev, fontsize=8)
+    for a in axes.ravel():
+        a.set_xticks([])
+        a.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
