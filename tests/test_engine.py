@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from unseen.config import TrainConfig
-from unseen.engine import EpisodicBatchSampler, Engine, lr_at
+from unseen.engine import Engine, EpisodicBatchSampler, lr_at
 from unseen.io import load_safetensors, load_torch
 
 

@@ -24,8 +24,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from unseen.attribute.data import ImageListDataset, XLSA17Data, load_xlsa17
-from unseen.attribute.metrics import evaluate_attribute, gamma_sweep, gzsl_accuracy, oracle_grid_sweep, select_gamma
-from unseen.backbones import build_backbone, make_transforms
+from unseen.attribute.metrics import (
+    evaluate_attribute,
+    gamma_sweep,
+    gzsl_accuracy,
+    oracle_grid_sweep,
+    select_gamma,
+)
+from unseen.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, make_transforms
 from unseen.config import RunConfig, config_hash, dump_yaml, to_dict
 from unseen.engine import Engine, FitResult, progress, resolve_device
 from unseen.features import FeatureCache, PackedMaps, extract, provenance
@@ -241,6 +247,9 @@ class AttributeRun:
         if d.attribute_embeddings is None and cfg.model.name != "eszsl":
             raise ValueError(f"{d.root}: {cfg.model.name} needs attribute word vectors (data.w2v=... .npy/.pkl)")
         self.embeddings = None if d.attribute_embeddings is None else torch.as_tensor(d.attribute_embeddings).float()
+        m = cfg.model
+        if getattr(m, "backbone", None) == "tiny" and not m.backbone_weights and self.prep.backbone_weights:
+            m.backbone_weights = self.prep.backbone_weights  # recorded in config.yaml
 
     # ---- datasets
     def image_dataset(self, idx: np.ndarray, train: bool) -> Dataset:
@@ -250,14 +259,8 @@ class AttributeRun:
         tf = make_transforms(self.prep.image_size, train=train)
         return _Subset(ImageListDataset(d.image_files, d.labels, tf), idx)
 
-    def _backbone_weights(self) -> str | None:
-        m = self.cfg.model
-        return getattr(m, "backbone_weights", None) or self.prep.backbone_weights or None
-
     def build_model(self) -> nn.Module:
         m = self.cfg.model
-        if getattr(m, "backbone", None) == "tiny" and not m.backbone_weights and self.prep.backbone_weights:
-            m.backbone_weights = self.prep.backbone_weights
         torch.manual_seed(self.cfg.seed)
         model = create_model(m.name, m, attribute_embeddings=self.embeddings)
         if self.cfg.features.cache:
@@ -357,6 +360,7 @@ class AttributeRun:
             model, _ = self.train_phase("final", d.trainval_loc, d.seen_classes, epochs_final)
             test_scores = compute_scores(model, self.dataset(test_idx, train=False), self.class_attributes,
                                          self.device, cfg.eval.batch_size, "testing")
+            self.plot_attention(model)
         gamma = self._final_gamma(selection)
         metrics = evaluate_attribute(test_scores, test_labels, d.seen_classes, d.unseen_classes, gamma,
                                      oracle=cfg.eval.oracle, ausuc_mode=cfg.eval.ausuc)
@@ -436,7 +440,7 @@ class AttributeRun:
         d = self.data
         if d.features is not None and self.cfg.model.backbone == "res101.mat":
             return d.features
-        backbone = build_backbone(self.cfg.model.backbone, weights=self._backbone_weights(),
+        backbone = build_backbone(self.cfg.model.backbone, weights=self.cfg.model.backbone_weights or None,
                                   pretrained=getattr(self.cfg.model, "pretrained", False),
                                   tiny_widths=getattr(self.cfg.model, "tiny_widths", None))
         maps, meta = self.cached_maps(backbone)
@@ -472,6 +476,36 @@ class AttributeRun:
             log.warning("could not write the gamma plot: %s", exc)
 
 
+    @torch.no_grad()
+    def plot_attention(self, model: nn.Module, n_attributes: int = 4) -> None:
+        """Per-level attention of the strongest attributes of an unseen-class test image (the papers' figure)."""
+        from PIL import Image
+
+        from unseen import report
+
+        d = self.data
+        if self.cfg.features.cache or d.image_files is None or not len(d.test_unseen_loc):
+            return
+        try:
+            i = int(d.test_unseen_loc[0])
+            x = make_transforms(self.prep.image_size, train=False)(Image.open(d.image_files[i]).convert("RGB"))
+            model.eval()
+            out = model(x[None].to(self.device), self.class_attributes.to(self.device), return_attention=True)
+            h, w = out["grid"]
+            c = int(d.labels[i])
+            top = np.argsort(-d.class_attributes[c])[:n_attributes]
+            names = [(d.attribute_names or [f"attribute {a}" for a in range(d.n_attributes)])[a] for a in top]
+            maps = [a[0, top, : h * w].reshape(len(top), h, w).float().cpu().numpy() for a in out["attention"]]
+            mean = np.array(IMAGENET_MEAN)[:, None, None]
+            std = np.array(IMAGENET_STD)[:, None, None]
+            img = np.clip(x.numpy() * std + mean, 0, 1).transpose(1, 2, 0)
+            report.plot_attention_maps(img, maps, [f"level {lv}" for lv in out["levels"]], names,
+                                       self.run_dir / "plots" / "attention_maps.png",
+                                       title=f"{self.cfg.model.name}: '{d.class_names[c]}' (unseen class)")
+        except Exception as exc:  # a plot must never lose a finished run
+            log.warning("could not write the attention plot: %s", exc)
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
     from unseen.config import load_config
 
@@ -494,8 +528,8 @@ def load_trained_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig, dict[
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: the run has no final weights (did it finish?)")
     m = cfg.model
-    if getattr(m, "backbone", None) == "tiny":
-        m.backbone_weights = None  # weights come from the checkpoint
+    if not cfg.features.cache:
+        m.backbone_weights, m.pretrained = None, False  # fine-tuned backbone weights come from the checkpoint
     model = create_model(m.name, m, attribute_embeddings=sem.get("attribute_embeddings"))
     missing, unexpected = model.load_state_dict(load_safetensors(weights), strict=not cfg.features.cache)
     # frozen-backbone runs store the head only; the backbone comes from model.backbone_weights

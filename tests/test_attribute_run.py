@@ -1,0 +1,122 @@
+"""End to end on a tiny embedded world: train -> results/plots -> eval -> predict, and the CLI's error paths."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unseen import runs
+from unseen.cli import main
+
+WORLD = "{seed: 1, n_classes: 10, n_unseen: 3, n_val: 2, images_per_class: 10, image_size: 32, n_pretrain_classes: 4, pretrain_images_per_class: 10}"
+COMMON = [f"data.world={WORLD}", "data.pretrain_epochs=1", "train.epochs=2", "train.batch_size=16",
+          "model.tiny_widths=[8,16,16]", "model.width=16", "model.model_dim=8", "model.n_parts=2"]
+
+
+@pytest.fixture(scope="module")
+def mgmrn_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    res = runs.train("attribute/demo_mgmrn", [*COMMON, f"output_dir={out}", "name=m"])
+    return Path(res["run_dir"]), res
+
+
+def test_run_folder_and_results(mgmrn_run):
+    run_dir, res = mgmrn_run
+    for f in ("config.yaml", "results.json", "semantics.safetensors", "classes.json", "test_scores.npy",
+              "calib/metrics.jsonl", "calib/best.safetensors", "calib/last.safetensors", "final/last.safetensors",
+              "plots/gzsl_gamma_curve.png", "plots/attention_maps.png"):
+        assert (run_dir / f).is_file(), f
+    saved = json.loads((run_dir / "results.json").read_text())
+    m = saved["metrics"]
+    assert set(m) >= {"czsl_top1", "S", "U", "H", "gamma", "S_gamma0", "U_gamma0", "H_gamma0", "ausuc"}
+    assert all(0.0 <= m[k] <= 1.0 for k in ("czsl_top1", "S", "U", "H"))
+    # the selection rule is stated; gamma and epoch come from validation, the oracle block is apart
+    sel = saved["selection"]
+    assert "validation" in sel["rule"] and sel["gamma_used"] == sel["gamma"] == m["gamma"]
+    assert 0 <= sel["epoch"] < 2
+    assert "TEST" in saved["oracle_test_selected"]["note"] and not any(k.startswith("oracle") for k in m)
+    assert saved["world"]["n_classes"] == 10 and saved["seed"] == 0 and saved["versions"]["torch"]
+    # final run trained for the validation-chosen number of epochs
+    lines = (run_dir / "final" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == sel["epoch"] + 1
+    # headline H is recomputed from the saved scores with the saved gamma
+    from unseen.attribute.metrics import gzsl_accuracy
+    from unseen.attribute.task import AttributeRun
+    from unseen.config import load_config
+
+    run = AttributeRun(load_config(run_dir / "config.yaml"), run_dir)
+    d = run.data
+    idx = np.concatenate([d.test_seen_loc, d.test_unseen_loc])
+    r = gzsl_accuracy(np.load(run_dir / "test_scores.npy").astype(np.float64), d.labels[idx], d.seen_classes,
+                      d.unseen_classes, sel["gamma"])
+    assert r.H == pytest.approx(m["H"], abs=1e-6)
+
+
+def test_eval_reproduces_results(mgmrn_run):
+    run_dir, res = mgmrn_run
+    again = runs.evaluate_run(run_dir)
+    for k in ("czsl_top1", "S", "U", "H"):
+        assert again[k] == pytest.approx(res["metrics"][k], abs=1e-6), k
+
+
+def test_predict_top_k(mgmrn_run):
+    run_dir, _ = mgmrn_run
+    info = json.loads((run_dir / "classes.json").read_text())
+    cfg_root = json.loads((run_dir / "results.json").read_text())
+    from unseen.attribute.task import AttributeRun
+    from unseen.config import load_config
+
+    d = AttributeRun(load_config(run_dir / "config.yaml"), run_dir).data
+    img = d.image_files[int(d.test_unseen_loc[0])]
+    out = runs.predict(run_dir, [img], classes="unseen", topk=2)
+    assert len(out) == 1 and len(out[0]["top"]) == 2
+    assert all(not t["seen"] for t in out[0]["top"])
+    assert out[0]["top"][0]["score"] >= out[0]["top"][1]["score"]
+    names = [info["class_names"][i] for i in d.unseen_classes[:2]]
+    sub = runs.predict(run_dir / "final" / "last.safetensors", [img], classes=",".join(names), topk=5)
+    assert {t["class"] for t in sub[0]["top"]} == set(names)
+    with pytest.raises(ValueError, match="unknown class name"):
+        runs.predict(run_dir, [img], classes="no_such_class")
+    assert cfg_root["method"] == "mgmrn"
+
+
+def test_run_folder_is_never_overwritten(mgmrn_run, tmp_path):
+    run_dir, _ = mgmrn_run
+    with pytest.raises(FileExistsError, match="--resume"):
+        runs.train("attribute/demo_mgmrn", [*COMMON, f"output_dir={run_dir.parent}", "name=m"])
+
+
+def test_eszsl_run_and_frozen_cached_attn1(tmp_path):
+    res = runs.train("attribute/demo_eszsl", [*COMMON[:2], "model.tiny_widths=[8,16,16]", f"output_dir={tmp_path}"])
+    assert {"alpha", "beta", "gamma", "val_H"} <= set(res["selection"])
+    res2 = runs.train("attribute/demo_attn1", [*COMMON, "features.cache=true", f"output_dir={tmp_path}", "name=frozen"])
+    assert 0.0 <= res2["metrics"]["H"] <= 1.0
+    again = runs.evaluate_run(res2["run_dir"])
+    assert again["H"] == pytest.approx(res2["metrics"]["H"], abs=1e-6)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "unseen", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors_are_specific_and_without_traceback(tmp_path):
+    p = _cli("train", "attribute/demo_mgmrn", "model.n_levelz=2")
+    assert p.returncode == 2 and "unknown key(s) 'n_levelz'" in p.stderr and "valid keys:" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = _cli("train", "no/such_config")
+    assert p.returncode == 2 and "not found" in p.stderr and "attribute/demo_mgmrn" in p.stderr
+    p = _cli("data", "check", "xlsa17", "--root", str(tmp_path))
+    assert p.returncode == 2 and "att_splits.mat: file not found" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_list_and_data_check(shared_data, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "mgmrn" in out and "eszsl" in out and "attn1" in out and "xlsa17" in out and "shapes" in out
+    root = shared_data / "xlsa17" / "CUB"
+    assert main(["data", "check", "xlsa17", "--root", str(root), "--image-list",
+                 str(shared_data / "image_lists" / "CUB.json.gz")]) == 2  # the images themselves are not here
+    assert "images are missing" in capsys.readouterr().err
