@@ -120,3 +120,22 @@ def test_cli_list_and_data_check(shared_data, capsys):
     assert main(["data", "check", "xlsa17", "--root", str(root), "--image-list",
                  str(shared_data / "image_lists" / "CUB.json.gz")]) == 2  # the images themselves are not here
     assert "images are missing" in capsys.readouterr().err
+
+
+def test_backbone_pretraining_is_deterministic(tmp_path):
+    import hashlib
+
+    import torch
+    import yaml
+
+    from unseen.attribute.task import pretrain_tiny_backbone
+    from unseen.config import build_dataclass
+    from unseen.shapes import AttributeWorldConfig, export_attribute_world
+
+    cfg = build_dataclass(AttributeWorldConfig, yaml.safe_load(WORLD))
+    digests = []
+    for i, noise in enumerate((3, 11)):
+        root = export_attribute_world(tmp_path / f"w{i}", cfg)
+        torch.randn(noise)  # whatever ran before must not change the result
+        digests.append(hashlib.sha256(pretrain_tiny_backbone(root, [8, 16, 16], 32, 1, seed=1).read_bytes()).hexdigest())
+    assert digests[0] == digests[1]

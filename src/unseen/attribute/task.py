@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from unseen.attribute.data import ImageListDataset, XLSA17Data, load_xlsa17
+from unseen.attribute.data import FeatureDataset, ImageListDataset, XLSA17Data, load_xlsa17
 from unseen.attribute.metrics import (
     evaluate_attribute,
     gamma_sweep,
@@ -148,6 +148,7 @@ def pretrain_tiny_backbone(root: Path, widths: list[int], image_size: int, epoch
     paths = [str(root / p) for p in listing["image_files"]]
     labels = np.asarray(listing["labels"], dtype=np.int64)
     ds = ImageListDataset(paths, labels, make_transforms(image_size, train=True))
+    torch.manual_seed(seed)
     model = _Classifier(build_backbone("tiny", tiny_widths=widths), int(labels.max()) + 1)
     tcfg = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=1e-4, device="cpu")
     work = out.with_suffix("")
@@ -163,28 +164,6 @@ def _index_map(classes: np.ndarray, n_classes: int) -> torch.Tensor:
     lut = torch.full((n_classes,), -1, dtype=torch.long)
     lut[torch.as_tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
     return lut
-
-
-class _Subset(Dataset):
-    def __init__(self, base: Dataset, idx: np.ndarray) -> None:
-        self.base, self.idx = base, np.asarray(idx)
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.base[int(self.idx[i])]
-
-
-class _ArrayDataset(Dataset):
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
-        self.x, self.y = torch.from_numpy(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.x[i], self.y[i]
 
 
 @torch.no_grad()
@@ -257,7 +236,7 @@ class AttributeRun:
         if d.image_files is None:
             raise ValueError(f"{d.root}: this method needs images; the image list has no image_files")
         tf = make_transforms(self.prep.image_size, train=train)
-        return _Subset(ImageListDataset(d.image_files, d.labels, tf), idx)
+        return Subset(ImageListDataset(d.image_files, d.labels, tf), idx.tolist())
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
@@ -287,7 +266,7 @@ class AttributeRun:
 
     def dataset(self, idx: np.ndarray, train: bool) -> Dataset:
         if self.cfg.features.cache:
-            return _ArrayDataset(self._cached[idx], self.data.labels[idx])
+            return FeatureDataset(self._cached[idx], self.data.labels[idx])
         return self.image_dataset(idx, train)
 
     # ---- training one phase
