@@ -119,7 +119,7 @@ def test_cli_list_and_data_check(shared_data, capsys):
     root = shared_data / "xlsa17" / "CUB"
     assert main(["data", "check", "xlsa17", "--root", str(root), "--image-list",
                  str(shared_data / "image_lists" / "CUB.json.gz")]) == 2  # the images themselves are not here
-    assert "images are missing" in capsys.readouterr().err
+    assert "not found" in capsys.readouterr().err
 
 
 def test_backbone_pretraining_is_deterministic(tmp_path):
