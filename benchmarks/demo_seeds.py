@@ -31,7 +31,7 @@ def main() -> None:
         for name in runs.DEMO_METHODS["attribute"]:
             cfg = load_config(runs.resolve_config_path(f"attribute/{name}"),
                               [f"seed={seed}", f"output_dir={args.output_dir}", f"name={name}-seed{seed}"])
-            res = runs._run(cfg, runs.new_run_dir(cfg))
+            res = runs.run_config(cfg, runs.new_run_dir(cfg))
             row = out.setdefault(res["method"], {k: [] for k in KEYS})
             for k in KEYS:
                 row[k].append(res["metrics"][k])

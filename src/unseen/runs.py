@@ -49,10 +49,11 @@ def train(config: str | Path | None, overrides: Sequence[str] = (), resume: str 
     else:
         cfg = load_config(resolve_config_path(config) if config else None, list(overrides))
         run_dir = new_run_dir(cfg)
-    return _run(cfg, run_dir, resume is not None)
+    return run_config(cfg, run_dir, resume is not None)
 
 
-def _run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+def run_config(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Train + evaluate a validated config in ``run_dir`` (the setting's protocol); returns results.json's content."""
     if cfg.setting == "attribute":
         from unseen.attribute.task import AttributeRun
 
@@ -150,7 +151,7 @@ def demo(setting: str = "attribute", output_dir: str | Path = "runs", overrides:
         cfg.name = cfg.model.name
         log.info("demo: %s", cfg.model.name)
         t = time.perf_counter()
-        res = _run(cfg, new_run_dir(cfg))
+        res = run_config(cfg, new_run_dir(cfg))
         m = res["metrics"]
         rows.append({"method": res["method"], "czsl": m["czsl_top1"], "U": m["U"], "S": m["S"], "H": m["H"],
                      "gamma": res["selection"]["gamma_used"], "oracle_H": res["oracle_test_selected"].get("oracle_H"),
