@@ -139,3 +139,32 @@ def test_backbone_pretraining_is_deterministic(tmp_path):
         torch.randn(noise)  # whatever ran before must not change the result
         digests.append(hashlib.sha256(pretrain_tiny_backbone(root, [8, 16, 16], 32, 1, seed=1).read_bytes()).hexdigest())
     assert digests[0] == digests[1]
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path, monkeypatch):
+    """Kill a run mid-way (after an epoch's metrics line, before its checkpoint), resume it, compare."""
+    from unseen.engine import Engine
+
+    overrides = [*COMMON, "train.epochs=3", f"output_dir={tmp_path}"]
+    full = runs.train("attribute/demo_attn1", [*overrides, "name=full"])
+
+    real_save = Engine.save_checkpoint
+    calls = {"n": 0}
+
+    def dying_save(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # calibration run, epoch 1: metrics line written, checkpoint not
+            raise KeyboardInterrupt
+        return real_save(self, *a, **k)
+
+    monkeypatch.setattr(Engine, "save_checkpoint", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        runs.train("attribute/demo_attn1", [*overrides, "name=cut"])
+    monkeypatch.setattr(Engine, "save_checkpoint", real_save)
+    assert not (tmp_path / "cut" / "results.json").exists()
+    resumed = runs.train(None, [], resume=tmp_path / "cut")
+    assert resumed["selection"]["epoch"] == full["selection"]["epoch"]
+    for k in ("czsl_top1", "S", "U", "H", "gamma"):
+        assert resumed["metrics"][k] == pytest.approx(full["metrics"][k], abs=1e-9), k
+    cut_lines = [json.loads(s) for s in (tmp_path / "cut" / "calib" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in cut_lines] == [0, 1, 1, 2]  # the killed epoch was redone, not lost

@@ -287,8 +287,15 @@ class Engine:
         if metrics.is_file():
             import json
 
-            result.history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            result.history = [h for h in result.history if h.get("epoch", -1) <= state["epoch"]]
+            # a run killed between its metrics line and its checkpoint logged an epoch it will redo: keep the
+            # records up to the checkpoint, one per epoch
+            by_epoch = {}
+            for line in metrics.read_text().splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    if rec.get("epoch", -1) <= state["epoch"]:
+                        by_epoch[rec["epoch"]] = rec
+            result.history = [by_epoch[e] for e in sorted(by_epoch)]
         return state["epoch"] + 1, result
 
     # ---- training
@@ -352,10 +359,10 @@ class Engine:
             result.last_epoch = epoch
             result.history.append(record)
             if self.rank == 0:
+                append_jsonl(metrics_path, record)
                 if improved:
                     save_safetensors(self.run_dir / "best.safetensors", unwrap(model).state_dict(), metadata=meta)
                 self.save_checkpoint(model, optimizer, epoch, result, meta)
-                append_jsonl(metrics_path, record)
             log.info("epoch %d/%d %s", epoch + 1, epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
         if self.distributed:

@@ -330,7 +330,7 @@ class AttributeRun:
                 val_idx = np.concatenate([split.val_seen, split.val_unseen])
                 _, calib = self.train_phase("calib", split.train, split.seen_classes, cfg.train.epochs,
                                             val_idx, split.unseen_classes)
-                best = calib.history[calib.best_epoch] if calib.best_epoch >= 0 else {}
+                best = next((h for h in calib.history if h["epoch"] == calib.best_epoch), {})
                 epochs_final = calib.best_epoch + 1
                 selection = {"epoch": calib.best_epoch, "val_H": best.get("val/H"), "val_S": best.get("val/S"),
                              "val_U": best.get("val/U"), "gamma": best.get("val/gamma")}
