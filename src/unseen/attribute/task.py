@@ -89,6 +89,7 @@ def cache_root() -> Path:
 
 @register_dataset("xlsa17", setting="attribute", config=XLSA17Config)
 def prepare_xlsa17(cfg: XLSA17Config, model_cfg: Any = None) -> Prepared:
+    """xlsa17 proposed splits (CUB, SUN, AWA2, AWA1, APY) from a user's copy: att_splits.mat + images."""
     if not cfg.root:
         raise ValueError("data.root: the folder holding att_splits.mat is required (data.root=/path/to/xlsa17/CUB)")
     data = load_xlsa17(
@@ -101,6 +102,7 @@ def prepare_xlsa17(cfg: XLSA17Config, model_cfg: Any = None) -> Prepared:
 
 @register_dataset("shapes", setting="attribute", config=ShapesConfig)
 def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
+    """The embedded attribute world (rendered, exported to the xlsa17 layout, read back by the xlsa17 reader)."""
     from unseen.config import build_dataclass
     from unseen.shapes import AttributeWorldConfig, export_attribute_world
 
