@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ def new_run_dir(cfg: RunConfig) -> Path:
     """``output_dir/name``; never reuses an existing folder (use ``--resume`` to continue one)."""
     name = cfg.name or f"{cfg.model.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if os.environ.get("RANK", "0") == "0" and run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} already exists: choose another name= or continue it with --resume {run_dir}")
     return run_dir
 

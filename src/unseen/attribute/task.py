@@ -109,11 +109,14 @@ def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
     world_cfg = build_dataclass(AttributeWorldConfig, cfg.world, "data.world")
     key = json.dumps(to_dict(world_cfg), sort_keys=True)
     root = Path(cfg.root) if cfg.root else cache_root() / f"shapes-attribute-{_short_hash(key)}"
+    _single_process_cache(root / "world.json", root, "render the world")
     export_attribute_world(root, world_cfg)
     data = load_xlsa17(root, "SHAPES", semantics=cfg.semantics, negative_att=cfg.negative_att, check_images=0)
     weights = ""
     if cfg.pretrain_backbone and model_cfg is not None and getattr(model_cfg, "backbone", "") == "tiny" \
             and not getattr(model_cfg, "backbone_weights", None):
+        _single_process_cache(_pretrained_path(root, list(model_cfg.tiny_widths), world_cfg.image_size,
+                                               cfg.pretrain_epochs, world_cfg.seed), root, "pretrain the CPU backbone")
         weights = str(pretrain_tiny_backbone(root, list(model_cfg.tiny_widths), world_cfg.image_size,
                                              cfg.pretrain_epochs, seed=world_cfg.seed))
     return Prepared(data, world_cfg.image_size, cfg.val_holdout, weights, to_dict(world_cfg))
@@ -135,6 +138,22 @@ class _Classifier(nn.Module):
         return self.head(self.backbone(x)[-1].mean((2, 3)))
 
 
+def _single_process_cache(path: Path, root: Path, what: str) -> None:
+    """Under torchrun the ranks would race to build the same cache: ask for it to be built once first."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not path.exists():
+        raise FileNotFoundError(f"{path} is missing: under torchrun the ranks would {what} at the same time. Run the command "
+                           f"once without torchrun (or `unseen demo`) to build it; it is cached in {root}")
+
+
+def _pretrain_spec(widths: list[int], image_size: int, epochs: int, seed: int) -> dict:
+    return {"widths": widths, "image_size": image_size, "epochs": epochs, "seed": seed, "version": 1}
+
+
+def _pretrained_path(root: Path, widths: list[int], image_size: int, epochs: int, seed: int) -> Path:
+    spec = _pretrain_spec(widths, image_size, epochs, seed)
+    return root / "pretrain" / f"tiny-{_short_hash(json.dumps(spec, sort_keys=True))}.safetensors"
+
+
 def pretrain_tiny_backbone(root: Path, widths: list[int], image_size: int, epochs: int, seed: int = 0) -> Path:
     """Train the CPU backbone on the world's pretraining species (disjoint from every benchmark class).
 
@@ -142,8 +161,8 @@ def pretrain_tiny_backbone(root: Path, widths: list[int], image_size: int, epoch
     """
     from unseen.config import TrainConfig
 
-    spec = {"widths": widths, "image_size": image_size, "epochs": epochs, "seed": seed, "version": 1}
-    out = root / "pretrain" / f"tiny-{_short_hash(json.dumps(spec, sort_keys=True))}.safetensors"
+    spec = _pretrain_spec(widths, image_size, epochs, seed)
+    out = _pretrained_path(root, widths, image_size, epochs, seed)
     if out.is_file():
         return out
     listing = json.loads((root / "pretrain" / "pretrain_list.json").read_text())
@@ -219,6 +238,7 @@ class AttributeRun:
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> None:
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
+        self.rank = int(os.environ.get("RANK", "0"))  # torchrun: rank 0 writes the run's files
         entry = get_dataset_entry(cfg.data.name)
         self.prep: Prepared = entry.builder(cfg.data, cfg.model)
         self.data = self.prep.data
@@ -318,8 +338,9 @@ class AttributeRun:
     def run(self) -> dict[str, Any]:
         cfg, d = self.cfg, self.data
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-        self.save_semantics()
+        if self.rank == 0:
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            self.save_semantics()
         t0 = time.perf_counter()
         split = d.validation_split(self.prep.val_holdout, seed=cfg.seed) if cfg.eval.calibrate else None
         test_idx = np.concatenate([d.test_seen_loc, d.test_unseen_loc])
@@ -341,7 +362,8 @@ class AttributeRun:
             model, _ = self.train_phase("final", d.trainval_loc, d.seen_classes, epochs_final)
             test_scores = compute_scores(model, self.dataset(test_idx, train=False), self.class_attributes,
                                          self.device, cfg.eval.batch_size, "testing")
-            self.plot_attention(model)
+            if self.rank == 0:
+                self.plot_attention(model)
         gamma = self._final_gamma(selection)
         metrics = evaluate_attribute(test_scores, test_labels, d.seen_classes, d.unseen_classes, gamma,
                                      oracle=cfg.eval.oracle, ausuc_mode=cfg.eval.ausuc)
@@ -368,9 +390,10 @@ class AttributeRun:
             "versions": versions(),
             "wall_time_s": time.perf_counter() - t0,
         }
-        np.save(self.run_dir / "test_scores.npy", test_scores.astype(np.float32))
-        atomic_write_json(self.run_dir / "results.json", results)
-        self.plots(test_scores, test_labels, gamma, results)
+        if self.rank == 0:
+            np.save(self.run_dir / "test_scores.npy", test_scores.astype(np.float32))
+            atomic_write_json(self.run_dir / "results.json", results)
+            self.plots(test_scores, test_labels, gamma, results)
         return results
 
     def _final_gamma(self, selection: dict[str, Any]) -> float:
