@@ -1,0 +1,1 @@
+"""Multi-label zero-shot learning (NUS-WIDE, Open Images): readers and metrics so far; Epsilon to come."""

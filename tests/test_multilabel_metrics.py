@@ -1,0 +1,297 @@
+"""Multi-label metrics: masked per-class AP (sklearn ties), mAP exclusions / biam_compat / image filter, P/R/F1@K."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unseen.multilabel.metrics import (
+    average_precision,
+    evaluate_multilabel,
+    mean_average_precision,
+    precision_recall_f1_at_k,
+)
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _random_case(rng, N, C, *, ties=False, p=(0.3, 0.4, 0.3), dtype=np.float32):
+    if ties:
+        s = rng.integers(0, 4, size=(N, C)).astype(dtype)
+    else:
+        s = rng.standard_normal((N, C)).astype(dtype)
+    y = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=(N, C), p=list(p))
+    return s, y
+
+
+def _sklearn_ap(s, y):
+    out = np.full(y.shape[1], np.nan)
+    for c in range(y.shape[1]):
+        m = y[:, c] != 0
+        if (y[m, c] == 1).any():
+            out[c] = sklearn_metrics.average_precision_score(y[m, c] == 1, s[m, c])
+    return out
+
+
+def _loop_prf(s, y, ks):
+    """Direct per-image reference of section 7.3 (stable argsort: ties go to the lowest index)."""
+    N = s.shape[0]
+    n_true = int((y == 1).sum())
+    out = {}
+    for k in ks:
+        tp = 0
+        for n in range(N):
+            top = np.argsort(-s[n].astype(np.float64), kind="stable")[:k]
+            tp += int((y[n, top] == 1).sum())
+        P = tp / (N * k) if N else math.nan
+        R = tp / n_true if n_true else math.nan
+        out[f"P@{k}"], out[f"R@{k}"] = P, R
+        out[f"F1@{k}"] = 2 * P * R / (P + R) if (P + R) > 0 else 0.0
+    return out
+
+
+def _assert_dict_close(a, b, tol=1e-12):
+    assert set(a) <= set(b)
+    for key, v in a.items():
+        w = b[key]
+        if isinstance(v, float) and math.isnan(v):
+            assert math.isnan(w), key
+        else:
+            assert w == pytest.approx(v, abs=tol), key
+
+
+# ----------------------------------------------------------------------------------------------- AP
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ap_matches_sklearn_masked(seed, ties):
+    rng = np.random.default_rng(seed)
+    s, y = _random_case(rng, 257, 23, ties=ties)
+    y[:, 3] = np.where(y[:, 3] == 1, -1, y[:, 3])  # no positive
+    y[:, 5] = 0  # nothing annotated
+    y[:, 7] = np.where(y[:, 7] == -1, 1, y[:, 7])  # only positives: AP = 1
+    ap = average_precision(s, y)
+    ref = _sklearn_ap(s, y)
+    assert ap.shape == (23,) and ap.dtype == np.float64
+    np.testing.assert_allclose(ap, ref, rtol=0, atol=1e-12, equal_nan=True)
+    assert np.isnan(ap[3]) and np.isnan(ap[5]) and ap[7] == 1.0
+
+
+def test_ap_heavy_ties_small_random():
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        N, C = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        s, y = _random_case(rng, N, C, ties=True, p=(0.35, 0.3, 0.35), dtype=np.float64)
+        np.testing.assert_allclose(average_precision(s, y, chunk_size=int(rng.integers(1, 4))), _sklearn_ap(s, y),
+                                   rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_ap_hand_computed():
+    # ranked: +, -, +, (unannotated ignored), -  ->  AP = (1/1 + 2/3) / 2
+    s = np.array([[0.9], [0.8], [0.7], [0.75], [0.1]])
+    y = np.array([[1], [-1], [1], [0], [-1]], dtype=np.int8)
+    assert average_precision(s, y)[0] == pytest.approx((1 + 2 / 3) / 2)
+    # the label-0 image would rank second if it counted as a negative: it must not
+    y0 = y.copy()
+    y0[3] = -1
+    assert average_precision(s, y0)[0] == pytest.approx((1 + 2 / 4) / 2)
+    # one tie group {+, -} on top, then +: both top entries share precision 1/2 -> (1/2 + 2/3) / 2
+    s2 = np.array([[1.0], [1.0], [0.5]])
+    y2 = np.array([[-1], [1], [1]], dtype=np.int8)
+    assert average_precision(s2, y2)[0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # order inside the tie does not matter
+    assert average_precision(s2[[1, 0, 2]], y2[[1, 0, 2]])[0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_ap_integer_and_torch_inputs():
+    rng = np.random.default_rng(3)
+    s, y = _random_case(rng, 64, 9, ties=True)
+    ref = average_precision(s, y)
+    np.testing.assert_array_equal(average_precision(s.astype(np.int64), y.astype(np.int64)), ref)
+    np.testing.assert_array_equal(average_precision(torch.from_numpy(s), torch.from_numpy(y)), ref)
+    np.testing.assert_array_equal(average_precision(s, y.astype(np.float32)), ref)
+    # bfloat16 scores are converted (values representable in bf16: small integers)
+    np.testing.assert_array_equal(average_precision(torch.from_numpy(s).bfloat16(), torch.from_numpy(y)), ref)
+
+
+# ----------------------------------------------------------------------------------------------- mAP
+
+
+def test_map_exclusions_weighted_and_biam_compat():
+    s = np.array([[0.9, 0.1, 0.3], [0.2, 0.8, 0.4], [0.6, 0.7, 0.5]])
+    y = np.array([[1, -1, -1], [-1, 1, 0], [-1, 1, -1]], dtype=np.int8)
+    # AP0 = 1, AP1 = 1 (two positives above the negative), class 2: no positive
+    out = mean_average_precision(s, y)
+    assert out["mAP"] == pytest.approx(1.0) and out["n_excluded"] == 1 and out["n_images"] == 3
+    assert np.isnan(out["per_class"][2]) and list(out["n_positives"]) == [1, 2, 0]
+    y[0, 1] = 1  # class 1: + + + with one - at 0.1 -> AP1 = 1; make class 0 imperfect instead
+    y[2, 0] = 1  # class 0: scores 0.9(+) 0.6(+) 0.2(-) -> AP0 = 1
+    s[1, 0] = 0.95  # now 0.95(-) 0.9(+) 0.6(+) -> AP0 = (1/2 + 2/3) / 2
+    out = mean_average_precision(s, y)
+    ap0 = (1 / 2 + 2 / 3) / 2
+    assert out["per_class"][0] == pytest.approx(ap0) and out["per_class"][1] == pytest.approx(1.0)
+    assert out["mAP"] == pytest.approx((ap0 + 1) / 2)
+    assert mean_average_precision(s, y, biam_compat=True)["mAP"] == pytest.approx((ap0 + 1 + 0) / 3)
+    assert mean_average_precision(s, y, biam_compat=True)["n_excluded"] == 1
+    # weighted: class 0 has 2 positives, class 1 has 3
+    assert mean_average_precision(s, y, weighted=True)["mAP"] == pytest.approx((2 * ap0 + 3 * 1) / 5)
+
+
+def test_map_all_classes_excluded_is_nan():
+    s = np.zeros((2, 2))
+    y = np.array([[-1, 0], [0, -1]], dtype=np.int8)
+    out = mean_average_precision(s, y)
+    assert math.isnan(out["mAP"]) and out["n_excluded"] == 2
+    assert mean_average_precision(s, y, biam_compat=True)["mAP"] == 0.0
+
+
+def test_image_filter_has_positive():
+    rng = np.random.default_rng(5)
+    s, y = _random_case(rng, 120, 11, p=(0.3, 0.6, 0.1))
+    y[::4] = np.where(y[::4] == 1, -1, y[::4])  # every 4th image: no positive
+    keep = (y == 1).any(axis=1)
+    assert 0 < keep.sum() < 120
+    out = mean_average_precision(s, y, image_filter="has_positive")
+    ref = mean_average_precision(s[keep], y[keep])
+    assert out["n_images"] == int(keep.sum())
+    np.testing.assert_array_equal(out["per_class"], ref["per_class"])
+    assert out["mAP"] == ref["mAP"]
+    # negatives on the dropped images changed the AP: the filter matters
+    assert not np.allclose(mean_average_precision(s, y)["per_class"], out["per_class"], equal_nan=True)
+    prf = precision_recall_f1_at_k(s, y, (1, 3), image_filter="has_positive")
+    assert prf == precision_recall_f1_at_k(s[keep], y[keep], (1, 3))
+    ev = evaluate_multilabel(s, y, ks=(1, 3), image_filter="has_positive")
+    assert ev["n_images"] == int(keep.sum()) and ev["mAP"] == out["mAP"] and ev["P@3"] == prf["P@3"]
+    with pytest.raises(ValueError, match="image_filter"):
+        mean_average_precision(s, y, image_filter="positives")
+
+
+# ----------------------------------------------------------------------------------------------- P/R/F1@K
+
+
+def test_prf_hand_computed():
+    s = np.array([[0.9, 0.8, 0.1, 0.7],
+                  [0.1, 0.2, 0.3, 0.4]])
+    y = np.array([[1, 0, 1, -1],
+                  [1, -1, 0, 1]], dtype=np.int8)
+    # K=2: image 0 top {0, 1}: TP 1 (label 0 at col 1 is a FP); image 1 top {3, 2}: TP 1 -> TP 2
+    out = precision_recall_f1_at_k(s, y, ks=(2,))
+    assert out["P@2"] == pytest.approx(2 / 4) and out["R@2"] == pytest.approx(2 / 4)
+    assert out["F1@2"] == pytest.approx(0.5)
+    # K=1: TP = 1 (image 0 col 0) + 1 (image 1 col 3)
+    out = precision_recall_f1_at_k(s, y, ks=1)
+    assert out == pytest.approx({"P@1": 1.0, "R@1": 0.5, "F1@1": 2 / 3})
+
+
+def test_prf_ties_broken_by_lowest_index():
+    s = np.array([[0.5, 0.5, 0.5, 0.5, 0.2]])
+    y = np.array([[-1, 0, 1, 1, 1]], dtype=np.int8)
+    out = precision_recall_f1_at_k(s, y, ks=(1, 2, 3, 4))
+    # top-K = the first K columns: TPs 0, 0, 1, 2
+    assert out["P@1"] == 0 and out["F1@1"] == 0.0 and out["P@2"] == 0.0
+    assert out["P@3"] == pytest.approx(1 / 3) and out["R@3"] == pytest.approx(1 / 3)
+    assert out["P@4"] == pytest.approx(2 / 4) and out["R@4"] == pytest.approx(2 / 3)
+    # a strictly greater score outranks the tie; the remaining slot goes to the lowest tied index
+    s2 = np.array([[0.5, 0.5, 0.5, 0.9]])
+    y2 = np.array([[-1, 1, 1, 1]], dtype=np.int8)
+    assert precision_recall_f1_at_k(s2, y2, ks=2)["P@2"] == pytest.approx(1 / 2)
+
+
+def test_prf_k_larger_than_c_and_bad_k_rejected():
+    s, y = np.zeros((2, 3)), np.ones((2, 3), dtype=np.int8)
+    assert precision_recall_f1_at_k(s, y, ks=3)["P@3"] == 1.0
+    with pytest.raises(ValueError, match="larger than"):
+        precision_recall_f1_at_k(s, y, ks=(1, 4))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="ks"):
+            precision_recall_f1_at_k(s, y, ks=(bad,))
+
+
+def test_prf_no_positive_and_empty():
+    s = np.array([[0.1, 0.2]])
+    y = np.array([[-1, 0]], dtype=np.int8)
+    out = precision_recall_f1_at_k(s, y, ks=1)
+    assert out["P@1"] == 0.0 and math.isnan(out["R@1"]) and out["F1@1"] == 0.0
+    out = evaluate_multilabel(s, y, ks=1, image_filter="has_positive")
+    assert out["n_images"] == 0 and math.isnan(out["P@1"]) and math.isnan(out["mAP"]) and out["F1@1"] == 0.0
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_prf_matches_per_image_loop(ties):
+    rng = np.random.default_rng(11)
+    s, y = _random_case(rng, 150, 17, ties=ties, p=(0.2, 0.6, 0.2))
+    ks = (1, 3, 5, 17)
+    _assert_dict_close(_loop_prf(s, y, ks), precision_recall_f1_at_k(s, y, ks=ks))
+    _assert_dict_close(_loop_prf(s, y, ks), precision_recall_f1_at_k(s, y, ks=ks, chunk_size=7))
+
+
+# ----------------------------------------------------------------------------------------------- evaluate, chunks
+
+
+def test_evaluate_keys_and_consistency():
+    rng = np.random.default_rng(2)
+    s, y = _random_case(rng, 90, 12, ties=True)
+    out = evaluate_multilabel(s, y, ks=(3, 5))
+    assert set(out) == {"mAP", "n_excluded", "n_images", "P@3", "R@3", "F1@3", "P@5", "R@5", "F1@5"}
+    m = mean_average_precision(s, y)
+    assert out["mAP"] == m["mAP"] and out["n_excluded"] == m["n_excluded"] and out["n_images"] == 90
+    p = precision_recall_f1_at_k(s, y, ks=(3, 5))
+    assert all(out[k] == v for k, v in p.items())
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_chunk_size_invariance(ties):
+    rng = np.random.default_rng(4)
+    s, y = _random_case(rng, 211, 37, ties=ties, p=(0.1, 0.8, 0.1))
+    y[:, 0] = 0
+    ref = evaluate_multilabel(s, y, ks=(1, 5, 10), image_filter="has_positive")
+    ref_ap = average_precision(s, y)
+    for cs in (1, 2, 5, 16, 37, 1000):
+        np.testing.assert_array_equal(average_precision(s, y, chunk_size=cs), ref_ap)
+        out = evaluate_multilabel(s, y, ks=(1, 5, 10), image_filter="has_positive", chunk_size=cs,
+                                  row_chunk_size=cs)
+        assert out == ref or all(
+            (isinstance(v, float) and math.isnan(v) and math.isnan(out[k])) or out[k] == v for k, v in ref.items())
+
+
+def test_inputs_not_modified():
+    rng = np.random.default_rng(8)
+    s, y = _random_case(rng, 40, 6, ties=True)
+    s0, y0 = s.copy(), y.copy()
+    evaluate_multilabel(s, y, ks=(1, 3), image_filter="has_positive")
+    np.testing.assert_array_equal(s, s0)
+    np.testing.assert_array_equal(y, y0)
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def test_bad_inputs():
+    s = np.zeros((3, 4))
+    y = np.zeros((3, 4), dtype=np.int8)
+    with pytest.raises(ValueError, match="same shape"):
+        average_precision(s, y[:, :3])
+    with pytest.raises(ValueError, match="N x C"):
+        average_precision(s[0], y[0])
+    bad = y.copy()
+    bad[1, 2] = 2
+    with pytest.raises(ValueError, match=r"labels must only contain -1, 0 or \+1.*row 1, column 2"):
+        mean_average_precision(s, bad)
+    with pytest.raises(ValueError, match="labels must only contain"):
+        precision_recall_f1_at_k(s, np.full((3, 4), 0.5), ks=1)
+    for v in (np.nan, np.inf, -np.inf):
+        sb = s.copy()
+        sb[2, 3] = v
+        with pytest.raises(ValueError, match="scores must be finite.*row 2, column 3"):
+            evaluate_multilabel(sb, y, ks=1)
+    with pytest.raises(ValueError, match="scores"):
+        average_precision(np.zeros((3, 4), dtype=bool), y)
+    with pytest.raises(ValueError, match="chunk_size"):
+        average_precision(s, y, chunk_size=0)
