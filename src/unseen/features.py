@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from unseen.io import atomic_write_json, load_safetensors, save_safetensors
+from unseen.io import atomic_write_json, load_safetensors, save_safetensors, short_hash
 
 log = logging.getLogger("unseen")
 
@@ -39,7 +39,7 @@ def state_dict_hash(module: nn.Module) -> str:
 
 
 def list_hash(items: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+    return short_hash("\n".join(items), 16)
 
 
 def provenance(backbone_name: str, backbone: nn.Module, transform: Any, image_files: Sequence[str], **extra: Any) -> dict:

@@ -192,6 +192,13 @@ def load_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
     return load_file(str(path))
 
 
+def short_hash(data: str | bytes, n: int = 10) -> str:
+    """First ``n`` hex digits of the SHA-256 of ``data`` (text is UTF-8 encoded): names for caches and fingerprints."""
+    import hashlib
+
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:n]
+
+
 def file_sha256(path: str | os.PathLike[str], limit: int | None = None) -> str:
     """Hex SHA-256 of a file (of its first ``limit`` bytes if given)."""
     import hashlib

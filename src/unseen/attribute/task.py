@@ -35,7 +35,7 @@ from unseen.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, make_t
 from unseen.config import RunConfig, config_hash, dump_yaml, to_dict
 from unseen.engine import Engine, FitResult, progress, resolve_device
 from unseen.features import FeatureCache, PackedMaps, extract, provenance
-from unseen.io import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors
+from unseen.io import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors, short_hash
 from unseen.registry import create_model, get_dataset_entry, register_dataset
 
 log = logging.getLogger("unseen")
@@ -108,7 +108,7 @@ def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
 
     world_cfg = build_dataclass(AttributeWorldConfig, cfg.world, "data.world")
     key = json.dumps(to_dict(world_cfg), sort_keys=True)
-    root = Path(cfg.root) if cfg.root else cache_root() / f"shapes-attribute-{_short_hash(key)}"
+    root = Path(cfg.root) if cfg.root else cache_root() / f"shapes-attribute-{short_hash(key)}"
     _single_process_cache(root / "world.json", root, "render the world")
     export_attribute_world(root, world_cfg)
     data = load_xlsa17(root, "SHAPES", semantics=cfg.semantics, negative_att=cfg.negative_att, check_images=0)
@@ -120,12 +120,6 @@ def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
         weights = str(pretrain_tiny_backbone(root, list(model_cfg.tiny_widths), world_cfg.image_size,
                                              cfg.pretrain_epochs, seed=world_cfg.seed))
     return Prepared(data, world_cfg.image_size, cfg.val_holdout, weights, to_dict(world_cfg))
-
-
-def _short_hash(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 class _Classifier(nn.Module):
@@ -151,7 +145,7 @@ def _pretrain_spec(widths: list[int], image_size: int, epochs: int, seed: int) -
 
 def _pretrained_path(root: Path, widths: list[int], image_size: int, epochs: int, seed: int) -> Path:
     spec = _pretrain_spec(widths, image_size, epochs, seed)
-    return root / "pretrain" / f"tiny-{_short_hash(json.dumps(spec, sort_keys=True))}.safetensors"
+    return root / "pretrain" / f"tiny-{short_hash(json.dumps(spec, sort_keys=True))}.safetensors"
 
 
 def pretrain_tiny_backbone(root: Path, widths: list[int], image_size: int, epochs: int, seed: int = 0) -> Path:
@@ -228,8 +222,8 @@ def versions() -> dict[str, str]:
 def data_fingerprint(data: XLSA17Data) -> str:
     parts = [data.dataset, str(data.n_images), json.dumps(data.class_names)]
     for a in (data.trainval_loc, data.test_seen_loc, data.test_unseen_loc, data.labels, data.class_attributes):
-        parts.append(_short_hash(np.ascontiguousarray(a).tobytes().hex()))
-    return _short_hash("|".join(parts))
+        parts.append(short_hash(np.ascontiguousarray(a).tobytes()))
+    return short_hash("|".join(parts))
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -248,6 +242,7 @@ class AttributeRun:
         if d.attribute_embeddings is None and cfg.model.name != "eszsl":
             raise ValueError(f"{d.root}: {cfg.model.name} needs attribute word vectors (data.w2v=... .npy/.pkl)")
         self.embeddings = None if d.attribute_embeddings is None else torch.as_tensor(d.attribute_embeddings).float()
+        self._maps: tuple[np.ndarray, dict] | None = None
         m = cfg.model
         if getattr(m, "backbone", None) == "tiny" and not m.backbone_weights and self.prep.backbone_weights:
             m.backbone_weights = self.prep.backbone_weights  # recorded in config.yaml
@@ -270,21 +265,29 @@ class AttributeRun:
 
     # ---- frozen backbone + feature cache
     def _packed_backbone(self, backbone: nn.Module) -> nn.Module:
-        feats, meta = self.cached_maps(backbone)
-        self._cached = feats
-        packed = PackedMaps(meta["shapes"], backbone.out_channels)
-        return packed
+        if self._maps is None:  # the calibration and final runs share one (frozen, identical) backbone
+            self._maps = self.cached_features(backbone)
+        self._cached, meta = self._maps
+        return PackedMaps(meta["shapes"], backbone.out_channels)
 
-    def cached_maps(self, backbone: nn.Module) -> tuple[np.ndarray, dict]:
+    def cached_features(self, backbone: nn.Module, pooled: bool = False) -> tuple[np.ndarray, dict]:
+        """Backbone outputs of every image (test transform), from the feature cache or computed into it.
+
+        ``pooled=False``: the C3/C4/C5 maps flattened (frozen-backbone training); ``pooled=True``: C5 averaged over
+        space (what ESZSL needs; a fraction of the size).
+        """
         d = self.data
         tf = make_transforms(self.prep.image_size, train=False)
-        name = f"{self.cfg.model.backbone}-{d.dataset}-{self.prep.image_size}"
+        kind = "pooled_c5" if pooled else "maps"
+        name = f"{self.cfg.model.backbone}-{d.dataset}-{self.prep.image_size}-{kind}"
         cache_dir = Path(self.cfg.features.cache_dir) if self.cfg.features.cache_dir else cache_root() / "features"
         cache = FeatureCache(cache_dir / name)
-        expected = provenance(self.cfg.model.backbone, backbone, tf, d.image_files or [], image_size=self.prep.image_size)
+        expected = provenance(self.cfg.model.backbone, backbone, tf, d.image_files or [], image_size=self.prep.image_size,
+                              output=kind)
         backbone = backbone.to(self.device).eval()
+        fn = (lambda x: backbone(x)[-1].mean((2, 3))) if pooled else backbone
         ds = ImageListDataset(d.image_files, d.labels, tf)
-        return cache.load_or_build(expected, lambda: extract(backbone, ds, 64, self.device, "caching backbone maps"))
+        return cache.load_or_build(expected, lambda: extract(fn, ds, 64, self.device, f"caching backbone {kind}"))
 
     def dataset(self, idx: np.ndarray, train: bool) -> Dataset:
         if self.cfg.features.cache:
@@ -447,11 +450,8 @@ class AttributeRun:
         backbone = build_backbone(self.cfg.model.backbone, weights=self.cfg.model.backbone_weights or None,
                                   pretrained=getattr(self.cfg.model, "pretrained", False),
                                   tiny_widths=getattr(self.cfg.model, "tiny_widths", None))
-        maps, meta = self.cached_maps(backbone)
-        shapes = meta["shapes"]
-        c, h, w = shapes[-1]
-        last = maps[:, -c * h * w:].reshape(len(maps), c, h * w)
-        return last.mean(-1).astype(np.float64)
+        pooled, _ = self.cached_features(backbone, pooled=True)
+        return pooled.astype(np.float64)
 
     # ---- artefacts
     def save_semantics(self) -> None:
