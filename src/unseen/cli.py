@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train + evaluate every method on the embedded benchmark (no download)")
-    d.add_argument("setting", nargs="?", default="attribute", choices=["attribute"])
+    d.add_argument("setting", nargs="?", default="attribute", choices=["attribute", "multilabel", "compositional"])
     d.add_argument("--output-dir", default="runs")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo method's config")
 
@@ -42,11 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     da = sub.add_parser("data", help="dataset utilities")
     dsub = da.add_subparsers(dest="data_command", required=True)
     ck = dsub.add_parser("check", help="validate a user's copy of a dataset and report what is wrong")
-    ck.add_argument("format", choices=["xlsa17"])
-    ck.add_argument("--root", required=True, help="folder holding att_splits.mat")
-    ck.add_argument("--image-root", default=None)
-    ck.add_argument("--image-list", default=None)
-    ck.add_argument("--w2v", default=None)
+    ck.add_argument("format", choices=["xlsa17", "nus_wide", "open_images", "czsl"])
+    ck.add_argument("--root", required=True, help="xlsa17: folder with att_splits.mat; nus_wide: TagList1k.txt + "
+                    "Concepts81.txt; open_images: the 2018_04 label folder; czsl: the dataset folder (split + images)")
+    ck.add_argument("--image-root", default=None, help="xlsa17 only")
+    ck.add_argument("--image-list", default=None, help="xlsa17 only")
+    ck.add_argument("--w2v", default=None, help="xlsa17 only")
 
     sub.add_parser("list", help="registered models and datasets")
     return p
@@ -83,20 +84,29 @@ def _dispatch(args: argparse.Namespace) -> int:
             for t in item["top"]:
                 print(f"  {t['score']:8.3f}  {t['class']}{'' if t['seen'] else '  (unseen)'}")
     elif args.command == "data":
-        from unseen.attribute.data import check_xlsa17
+        if args.format == "xlsa17":
+            from unseen.attribute.data import check_xlsa17
 
-        for line in check_xlsa17(args.root, image_root=args.image_root, image_list=args.image_list, w2v=args.w2v):
+            lines = check_xlsa17(args.root, image_root=args.image_root, image_list=args.image_list, w2v=args.w2v)
+        elif args.format == "czsl":
+            from unseen.compositional.data import check_czsl
+
+            lines = check_czsl(args.root)
+        else:
+            from unseen.multilabel.data import check_multilabel
+
+            lines = check_multilabel(args.format, args.root)
+        for line in lines:
             print(line)
         print("OK")
     elif args.command == "list":
-        from unseen.registry import DATASETS, MODELS, list_datasets, list_models
+        from unseen.registry import DATASETS, MODELS, _ensure_loaded
 
-        print("models:")
-        for n in list_models():
-            print(f"  {n:10s} [{MODELS[n].setting}] {MODELS[n].description}")
-        print("datasets:")
-        for n in list_datasets():
-            print(f"  {n:10s} [{DATASETS[n].setting}] {DATASETS[n].description}")
+        _ensure_loaded()
+        for title, table in (("models", MODELS), ("datasets", DATASETS)):
+            print(f"{title}:")
+            for (setting, n), e in sorted(table.items()):
+                print(f"  {setting:13s} {n:14s} {e.description}")
     return 0
 
 

@@ -41,6 +41,9 @@ class TrainConfig:
     lr_step: int = 0  # StepLR step size in epochs (0 = constant LR)
     lr_gamma: float = 0.1
     lr_shift_compat: bool = False  # reproduce the release's StepLR stepped at epoch start (decay one epoch early)
+    lr_schedule: str = "step"  # step (StepLR by lr_step/lr_gamma) | cosine (per epoch, down to min_lr)
+    warmup_epochs: int = 0  # linear warm-up from lr/warmup_epochs (both schedules)
+    min_lr: float = 0.0  # cosine floor
     batches_per_epoch: int = 0  # 0 = one pass over the data; >0 = fixed number of (episodic) batches
     shots: int = 0  # >0: class-balanced episodes of (batch_size // shots) classes x shots images (release: 2)
     grad_accum: int = 1
@@ -259,13 +262,9 @@ def build_run_config(tree: dict[str, Any], where: str = "config") -> RunConfig:
         if not isinstance(values, dict) or "name" not in values:
             raise ConfigError(f"{where}.{section}: a '{section}.name' is required")
         try:
-            entry = getter(values["name"])
+            entry = getter(values["name"], cfg.setting)
         except KeyError as exc:
             raise ConfigError(f"{where}.{section}.name: {exc.args[0]}") from None
-        if entry.setting != cfg.setting:
-            raise ConfigError(
-                f"{where}.{section}.name: '{values['name']}' belongs to setting '{entry.setting}', not '{cfg.setting}'"
-            )
         schema = entry.config
         setattr(cfg, section, build_dataclass(schema, values, f"{where}.{section}") if schema else dict(values))
     return cfg

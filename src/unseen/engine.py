@@ -192,8 +192,18 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """StepLR stepped at epoch end; ``lr_shift_compat`` reproduces the release (decay one epoch early)."""
+def lr_at(cfg: TrainConfig, epoch: int, epochs: int | None = None) -> float:
+    """Learning rate of ``epoch`` (0-based; set at epoch start). ``step``: StepLR stepped at epoch end
+    (``lr_shift_compat`` reproduces the release: decay one epoch early). ``cosine``: cosine from ``lr`` to ``min_lr``
+    over the epochs after the warm-up. ``warmup_epochs``: linear ramp lr*(e+1)/warmup first."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        total = max(1, (epochs or cfg.epochs) - cfg.warmup_epochs)
+        t = min(epoch - cfg.warmup_epochs, total) / total
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
+    if cfg.lr_schedule != "step":
+        raise ValueError(f"train.lr_schedule: unknown schedule '{cfg.lr_schedule}' (step, cosine)")
     if cfg.lr_step <= 0:
         return cfg.lr
     e = epoch + 1 if cfg.lr_shift_compat else epoch
@@ -337,13 +347,13 @@ class Engine:
         metrics_path = self.run_dir / "metrics.jsonl"
         for epoch in range(start, epochs):
             for g in optimizer.param_groups:
-                g["lr"] = lr_at(cfg, epoch)
+                g["lr"] = lr_at(cfg, epoch, epochs)
             sampler = loader.batch_sampler if cfg.shots > 0 else loader.sampler
             sampler.set_epoch(epoch)  # type: ignore[union-attr]
             torch.manual_seed(self.seed * 7919 + epoch * 104729 + self.rank)  # dropout/augmentation per epoch
             t0 = time.perf_counter()
             train_logs = self._train_epoch(train_model, loader, loss_fn, optimizer, substeps, epoch, epochs)
-            record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch), "train_time_s": time.perf_counter() - t0}
+            record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch, epochs), "train_time_s": time.perf_counter() - t0}
             record.update(train_logs)
             improved = False
             if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs):

@@ -217,3 +217,36 @@ def file_sha256(path: str | os.PathLike[str], limit: int | None = None) -> str:
             if remaining is not None:
                 remaining -= len(chunk)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- run environment
+def cache_root() -> Path:
+    """Where rendered worlds, pretrained CPU backbones and feature caches live: ``$UNSEEN_CACHE`` or
+    ``~/.cache/unseen``."""
+    return Path(os.environ.get("UNSEEN_CACHE", Path.home() / ".cache" / "unseen"))
+
+
+def single_process_cache(path: Path, root: Path, what: str) -> None:
+    """Under torchrun the ranks would race to build the same cache: ask for it to be built once first."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not Path(path).exists():
+        raise FileNotFoundError(f"{path} is missing: under torchrun the ranks would {what} at the same time. Run the "
+                                f"command once without torchrun (or `unseen demo`) to build it; it is cached in {root}")
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded in every results.json."""
+    import platform
+
+    import torch
+
+    import unseen
+
+    out = {"unseen": unseen.__version__, "torch": torch.__version__, "numpy": np.__version__,
+           "python": platform.python_version()}
+    try:
+        import torchvision
+
+        out["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out

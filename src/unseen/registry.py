@@ -27,16 +27,18 @@ class Entry:
     description: str
 
 
-MODELS: dict[str, Entry] = {}
-DATASETS: dict[str, Entry] = {}
+# keyed by (setting, name): each setting has its own namespace (e.g. a "shapes" world per setting)
+MODELS: dict[tuple[str, str], Entry] = {}
+DATASETS: dict[tuple[str, str], Entry] = {}
 
 
-def _register(table: dict[str, Entry], kind: str, name: str, setting: str, config: type | None, description: str):
+def _register(table: dict[tuple[str, str], Entry], kind: str, name: str, setting: str, config: type | None,
+              description: str):
     def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
-        if name in table and table[name].builder is not obj:
-            raise KeyError(f"{kind} '{name}' is already registered")
+        if (setting, name) in table and table[(setting, name)].builder is not obj:
+            raise KeyError(f"{kind} '{name}' is already registered for setting '{setting}'")
         doc = description or (obj.__doc__ or "").strip().split("\n")[0]
-        table[name] = Entry(name, setting, obj, config, doc)
+        table[(setting, name)] = Entry(name, setting, obj, config, doc)
         return obj
 
     return deco
@@ -55,38 +57,49 @@ def register_dataset(name: str, setting: str, config: type | None = None, descri
 def _ensure_loaded() -> None:
     # Importing the settings registers their models and datasets.
     import unseen.attribute  # noqa: F401
+    import unseen.compositional  # noqa: F401
+    import unseen.multilabel  # noqa: F401
 
 
-def _get(table: dict[str, Entry], kind: str, name: str) -> Entry:
+def _get(table: dict[tuple[str, str], Entry], kind: str, name: str, setting: str | None) -> Entry:
     _ensure_loaded()
-    if name not in table:
-        raise KeyError(f"unknown {kind} '{name}'; available: {', '.join(sorted(table)) or '(none)'}")
-    return table[name]
+    hits = [e for (s, n), e in table.items() if n == name and (setting is None or s == setting)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        known = sorted(n for (s, n) in table if setting is None or s == setting)
+        where = f" for setting '{setting}'" if setting else ""
+        raise KeyError(f"unknown {kind} '{name}'{where}; available: {', '.join(known) or '(none)'}")
+    raise KeyError(f"{kind} '{name}' exists in several settings ({', '.join(e.setting for e in hits)}): "
+                   "name the setting")
 
 
-def get_model_entry(name: str) -> Entry:
-    return _get(MODELS, "model", name)
+def get_model_entry(name: str, setting: str | None = None) -> Entry:
+    return _get(MODELS, "model", name, setting)
 
 
-def get_dataset_entry(name: str) -> Entry:
-    return _get(DATASETS, "dataset", name)
+def get_dataset_entry(name: str, setting: str | None = None) -> Entry:
+    return _get(DATASETS, "dataset", name, setting)
+
+
+def _names(table: dict[tuple[str, str], Entry], setting: str | None) -> list[str]:
+    _ensure_loaded()
+    return sorted({n for (s, n) in table if setting is None or s == setting})
 
 
 def list_models(setting: str | None = None) -> list[str]:
-    _ensure_loaded()
-    return sorted(n for n, e in MODELS.items() if setting is None or e.setting == setting)
+    return _names(MODELS, setting)
 
 
 def list_datasets(setting: str | None = None) -> list[str]:
-    _ensure_loaded()
-    return sorted(n for n, e in DATASETS.items() if setting is None or e.setting == setting)
+    return _names(DATASETS, setting)
 
 
-def create_model(name: str, config: Any = None, **context: Any) -> Any:
+def create_model(name: str, config: Any = None, setting: str | None = None, **context: Any) -> Any:
     """Build model ``name``. ``config`` is its config dataclass, a dict of overrides, or None (defaults)."""
     from unseen.config import build_dataclass
 
-    entry = get_model_entry(name)
+    entry = get_model_entry(name, setting)
     if entry.config is None:
         return entry.builder(**context)
     if config is None or isinstance(config, dict):

@@ -101,3 +101,50 @@ def plot_attention_maps(image: np.ndarray, maps: Sequence[np.ndarray], level_nam
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def plot_label_ap(ap: np.ndarray, names: Sequence[str], path: str | Path, title: str = "", max_labels: int = 60) -> Path:
+    """Horizontal bars of per-label AP (%), best first; labels without a positive (AP nan) are left out.
+    More than ``max_labels`` labels: the best and the worst halves are shown."""
+    plt = _plt()
+    ap = np.asarray(ap, dtype=float)
+    ok = np.flatnonzero(np.isfinite(ap))
+    order = ok[np.argsort(-ap[ok], kind="stable")]
+    if len(order) > max_labels:
+        order = np.concatenate([order[: max_labels // 2], order[-(max_labels - max_labels // 2):]])
+    fig, ax = plt.subplots(figsize=(6, 0.22 * len(order) + 1.2))
+    y = np.arange(len(order))
+    ax.barh(y, 100 * ap[order], color="C0")
+    ax.set_yticks(y)
+    ax.set_yticklabels([names[i] for i in order], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("average precision (%)")
+    mean = 100 * np.nanmean(ap) if len(ok) else float("nan")
+    ax.axvline(mean, color="k", ls="--", lw=1, label=f"mAP = {mean:.1f}")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "per-label AP", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_topk_labels(image_path: str | Path, scores: np.ndarray, names: Sequence[str], n_seen: int,
+                     labels: np.ndarray | None, path: str | Path, k: int = 5, title: str = "") -> Path:
+    """An image beside its top-``k`` labels (score order); unseen labels marked, ground truth ticked when known."""
+    from PIL import Image
+
+    plt = _plt()
+    scores = np.asarray(scores, dtype=float)
+    top = np.argsort(-scores, kind="stable")[:k]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(8, 3.2), gridspec_kw={"width_ratios": [1, 1.2]})
+    ax.imshow(Image.open(image_path).convert("RGB"))
+    ax.axis("off")
+    ax2.axis("off")
+    for r, c in enumerate(top):
+        unseen = c >= n_seen
+        truth = "" if labels is None else {1: "  [+]", -1: "  [-]", 0: "  [?]"}[int(labels[c])]
+        ax2.text(0.0, 1 - (r + 0.5) / max(k, 1), f"{r + 1}. {names[c]}{' (unseen)' if unseen else ''}{truth}",
+                 color="C3" if unseen else "C0", fontsize=9, va="center", transform=ax2.transAxes)
+    ax2.set_title("top labels: blue = seen, red = unseen; [+]/[-] = annotated positive/negative", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

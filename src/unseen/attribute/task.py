@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,16 @@ from unseen.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, make_t
 from unseen.config import RunConfig, config_hash, dump_yaml, to_dict
 from unseen.engine import Engine, FitResult, progress, resolve_device
 from unseen.features import FeatureCache, PackedMaps, extract, provenance
-from unseen.io import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors, short_hash
+from unseen.io import (
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    load_safetensors,
+    save_safetensors,
+    short_hash,
+    single_process_cache,
+    versions,
+)
 from unseen.registry import create_model, get_dataset_entry, register_dataset
 
 log = logging.getLogger("unseen")
@@ -83,10 +91,6 @@ class Prepared:
     world: dict | None = None
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("UNSEEN_CACHE", Path.home() / ".cache" / "unseen"))
-
-
 @register_dataset("xlsa17", setting="attribute", config=XLSA17Config)
 def prepare_xlsa17(cfg: XLSA17Config, model_cfg: Any = None) -> Prepared:
     """xlsa17 proposed splits (CUB, SUN, AWA2, AWA1, APY) from a user's copy: att_splits.mat + images."""
@@ -109,13 +113,13 @@ def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
     world_cfg = build_dataclass(AttributeWorldConfig, cfg.world, "data.world")
     key = json.dumps(to_dict(world_cfg), sort_keys=True)
     root = Path(cfg.root) if cfg.root else cache_root() / f"shapes-attribute-{short_hash(key)}"
-    _single_process_cache(root / "world.json", root, "render the world")
+    single_process_cache(root / "world.json", root, "render the world")
     export_attribute_world(root, world_cfg)
     data = load_xlsa17(root, "SHAPES", semantics=cfg.semantics, negative_att=cfg.negative_att, check_images=0)
     weights = ""
     if cfg.pretrain_backbone and model_cfg is not None and getattr(model_cfg, "backbone", "") == "tiny" \
             and not getattr(model_cfg, "backbone_weights", None):
-        _single_process_cache(_pretrained_path(root, list(model_cfg.tiny_widths), world_cfg.image_size,
+        single_process_cache(_pretrained_path(root, list(model_cfg.tiny_widths), world_cfg.image_size,
                                                cfg.pretrain_epochs, world_cfg.seed), root, "pretrain the CPU backbone")
         weights = str(pretrain_tiny_backbone(root, list(model_cfg.tiny_widths), world_cfg.image_size,
                                              cfg.pretrain_epochs, seed=world_cfg.seed))
@@ -130,13 +134,6 @@ class _Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x)[-1].mean((2, 3)))
-
-
-def _single_process_cache(path: Path, root: Path, what: str) -> None:
-    """Under torchrun the ranks would race to build the same cache: ask for it to be built once first."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not path.exists():
-        raise FileNotFoundError(f"{path} is missing: under torchrun the ranks would {what} at the same time. Run the command "
-                           f"once without torchrun (or `unseen demo`) to build it; it is cached in {root}")
 
 
 def _pretrain_spec(widths: list[int], image_size: int, epochs: int, seed: int) -> dict:
@@ -210,15 +207,6 @@ def chance_levels(labels: np.ndarray, seen: np.ndarray, unseen: np.ndarray, czsl
     return acc
 
 
-def versions() -> dict[str, str]:
-    import torchvision
-
-    import unseen
-
-    return {"unseen": unseen.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
-
-
 def data_fingerprint(data: XLSA17Data) -> str:
     parts = [data.dataset, str(data.n_images), json.dumps(data.class_names)]
     for a in (data.trainval_loc, data.test_seen_loc, data.test_unseen_loc, data.labels, data.class_attributes):
@@ -233,7 +221,7 @@ class AttributeRun:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> None:
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
         self.rank = int(os.environ.get("RANK", "0"))  # torchrun: rank 0 writes the run's files
-        entry = get_dataset_entry(cfg.data.name)
+        entry = get_dataset_entry(cfg.data.name, "attribute")
         self.prep: Prepared = entry.builder(cfg.data, cfg.model)
         self.data = self.prep.data
         self.device = resolve_device(cfg.train.device)
@@ -258,7 +246,7 @@ class AttributeRun:
     def build_model(self) -> nn.Module:
         m = self.cfg.model
         torch.manual_seed(self.cfg.seed)
-        model = create_model(m.name, m, attribute_embeddings=self.embeddings)
+        model = create_model(m.name, m, "attribute", attribute_embeddings=self.embeddings)
         if self.cfg.features.cache:
             model.backbone = self._packed_backbone(model.backbone)
         return model
@@ -534,13 +522,73 @@ def load_trained_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig, dict[
     m = cfg.model
     if not cfg.features.cache:
         m.backbone_weights, m.pretrained = None, False  # fine-tuned backbone weights come from the checkpoint
-    model = create_model(m.name, m, attribute_embeddings=sem.get("attribute_embeddings"))
+    model = create_model(m.name, m, "attribute", attribute_embeddings=sem.get("attribute_embeddings"))
     missing, unexpected = model.load_state_dict(load_safetensors(weights), strict=not cfg.features.cache)
     # frozen-backbone runs store the head only; the backbone comes from model.backbone_weights
     bad = [k for k in missing if not k.startswith("backbone.")] + list(unexpected)
     if bad:
         raise ValueError(f"{weights}: weights do not match the model: {bad[:5]}")
     return model.eval(), cfg, sem, classes
+
+
+# --------------------------------------------------------------------------------------------- runs.py hooks
+run_class = AttributeRun
+
+
+def evaluate_saved(run_dir: Path) -> dict[str, Any]:
+    """Recompute a finished run's test metrics from its final model (ESZSL: from its saved test scores)."""
+    results = json.loads((run_dir / "results.json").read_text())
+    cfg = load_run_config(run_dir)
+    run = AttributeRun(cfg, run_dir)
+    d = run.data
+    test_idx = np.concatenate([d.test_seen_loc, d.test_unseen_loc])
+    if cfg.model.name == "eszsl":
+        scores = np.load(run_dir / "test_scores.npy").astype(np.float64)
+    else:
+        model, *_ = load_trained_model(run_dir)
+        if cfg.features.cache:
+            model.backbone = run._packed_backbone(model.backbone)
+        model.to(run.device)
+        scores = compute_scores(model, run.dataset(test_idx, train=False), run.class_attributes, run.device)
+    gamma = results["selection"]["gamma_used"]
+    return evaluate_attribute(scores, d.labels[test_idx], d.seen_classes, d.unseen_classes, gamma,
+                              oracle=cfg.eval.oracle, ausuc_mode=cfg.eval.ausuc)
+
+
+def predict_images(run_dir: Path, images: list[str], classes: str, topk: int) -> list[dict]:
+    from PIL import Image
+
+    from unseen.runs import select_classes
+
+    model, cfg, sem, info = load_trained_model(run_dir)
+    names = info["class_names"]
+    keep = select_classes(names, sem["seen_classes"].tolist(), classes)
+    attrs = sem["class_attributes"][torch.as_tensor(keep)]
+    seen = set(sem["seen_classes"].tolist())
+    tf = make_transforms(info["image_size"], train=False)
+    out = []
+    for path in images:
+        x = tf(Image.open(path).convert("RGB")).unsqueeze(0)
+        with torch.no_grad():
+            s = model(x, attrs)["scores"][0]
+        vals, idx = s.topk(min(topk, len(keep)))
+        out.append({"image": path, "top": [
+            {"class": names[int(keep[i])], "score": float(v), "seen": int(keep[i]) in seen}
+            for v, i in zip(vals.tolist(), idx.tolist())]})
+    return out
+
+
+DEMO_METHODS = ["demo_mgmrn", "demo_attn1", "demo_eszsl"]
+DEMO_TITLE = "embedded attribute benchmark: accuracies in %, gamma and epoch chosen on validation"
+DEMO_COLUMNS = [("method", "method"), ("czsl", "CZSL T1"), ("U", "U"), ("S", "S"), ("H", "H"),
+                ("oracle_H", "H oracle*"), ("time", "time")]
+DEMO_FOOTER = "* oracle = gamma swept on the test set (the field's usual, optimistic number): for comparison only."
+
+
+def demo_rows(res: dict[str, Any], elapsed: str) -> list[dict[str, Any]]:
+    m = res["metrics"]
+    return [{"method": res["method"], "czsl": m["czsl_top1"], "U": m["U"], "S": m["S"], "H": m["H"],
+             "oracle_H": res.get("oracle_test_selected", {}).get("oracle_H"), "time": elapsed}]
 
 
 __all__ = ["AttributeRun", "XLSA17Config", "ShapesConfig", "compute_scores", "load_trained_model"]
