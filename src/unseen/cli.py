@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    # our messages at INFO; other libraries' (open_clip logs model construction at INFO) at WARNING
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("unseen").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return _dispatch(args)
     except USER_ERRORS as exc:

@@ -148,3 +148,24 @@ def plot_topk_labels(image_path: str | Path, scores: np.ndarray, names: Sequence
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def plot_seen_unseen_curve(result: Any, path: str | Path, title: str = "") -> Path:
+    """The compositional bias sweep: seen vs unseen accuracy (%) with its AUC and the best-HM point marked.
+
+    ``result``: a :class:`unseen.compositional.metrics.CZSLResult` (``seen_curve``, ``unseen_curve``, ``hm_curve``)."""
+    plt = _plt()
+    S = 100 * np.asarray(result.seen_curve, dtype=float)
+    U = 100 * np.asarray(result.unseen_curve, dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    ax.plot(U, S, "o-", ms=3, color="C0", label=f"bias sweep (AUC = {100 * result.auc:.1f})")
+    ax.fill_between(U, 0, S, color="C0", alpha=0.12)
+    i = int(np.argmax(np.asarray(result.hm_curve)))
+    ax.plot(U[i], S[i], "*", ms=14, color="C3", label=f"best HM = {100 * result.best_hm:.1f} (S {S[i]:.1f}, U {U[i]:.1f})")
+    ax.set_xlabel("unseen-pair accuracy (%)")
+    ax.set_ylabel("seen-pair accuracy (%)")
+    ax.set_xlim(0, max(5.0, float(U.max()) * 1.1))
+    ax.set_ylim(0, max(5.0, float(S.max()) * 1.1))
+    ax.legend(fontsize=8)
+    ax.set_title(title or "seen-unseen accuracy curve", fontsize=9)
+    return _save(fig, path)
