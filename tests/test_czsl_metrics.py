@@ -1,0 +1,444 @@
+"""Streaming CZSL evaluator vs a dense re-implementation of the reference algorithm (design spec
+compositional-zsl.md sections 5-7).
+
+The oracle below is written from the spec: a dense float32 torch matrix; at every bias clone the scores, add the
+bias to the unseen columns through a repeated N x P boolean mask, set the columns outside the eval mask to -1e10,
+take ``argmax`` (first maximal column; never ``topk``, whose tie order is unspecified on small rows), compare with
+the GT attr/obj; candidate biases from the unbiased max seen score minus the GT score minus 1e-4, sorted,
+subsampled with step ``max(len // 20, 1)``, then the 1e3 point; accuracies are torch float means; trapezoid AUC,
+0-guarded HM. Open world: the reference evaluator with the infeasible unseen columns excluded, per threshold.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from unseen.compositional.metrics import (
+    StreamingEvaluator,
+    ThresholdSearch,
+    evaluate_scores,
+    feasibility_thresholds,
+    open_world_keep_mask,
+)
+from unseen.io import DataFormatError
+
+# --------------------------------------------------------------------------------------------- oracle
+
+
+def _mean(t: torch.Tensor) -> float:
+    return float(t.mean()) if t.numel() else 0.0  # the library's documented rule for an empty sample set
+
+
+def reference_predict(S: torch.Tensor, seen: torch.Tensor, evm: torch.Tensor, bias) -> torch.Tensor:
+    """Biased, eval-masked top-1 column per row, as the reference computes it."""
+    n = S.shape[0]
+    sc = S.clone()
+    mask = seen.repeat(n, 1)
+    sc[~mask] += bias
+    closed = sc.clone()
+    closed[~evm.repeat(n, 1)] = -1e10
+    return closed.argmax(dim=1)
+
+
+def reference_evaluate(scores, pairs, seen_mask, eval_mask, gt_pair, *, dtype=torch.float32, attr_obj="csp"):
+    S = torch.as_tensor(np.asarray(scores)).to(dtype)
+    n = S.shape[0]
+    pairs_t = torch.as_tensor(np.asarray(pairs))
+    seen = torch.as_tensor(np.asarray(seen_mask, bool))
+    evm = torch.as_tensor(np.asarray(eval_mask, bool))
+    y = torch.as_tensor(np.asarray(gt_pair))
+    gt_attr, gt_obj = pairs_t[y, 0], pairs_t[y, 1]
+    seen_ind = torch.nonzero(seen[y]).flatten()
+    unseen_ind = torch.nonzero(~seen[y]).flatten()
+
+    def process(pred):
+        attr_match = (pairs_t[pred, 0] == gt_attr).to(dtype)
+        obj_match = (pairs_t[pred, 1] == gt_obj).to(dtype)
+        return attr_match, obj_match, attr_match * obj_match
+
+    attr_max, obj_max, match_max = process(reference_predict(S, seen, evm, 1e3))
+    seen_max, unseen_max = _mean(match_max[seen_ind]), _mean(match_max[unseen_ind])
+    correct_scores = S[torch.arange(n), y][unseen_ind]
+    max_seen_scores = S[unseen_ind][:, seen].max(dim=1).values
+    diff = max_seen_scores - correct_scores
+    diff = diff[match_max[unseen_ind].bool()] - 1e-4
+    diff = torch.sort(diff)[0]
+    biaslist = diff[:: max(len(diff) // 20, 1)]
+    seen_acc, unseen_acc = [], []
+    for b in biaslist:
+        _, _, m = process(reference_predict(S, seen, evm, b))
+        seen_acc.append(_mean(m[seen_ind]))
+        unseen_acc.append(_mean(m[unseen_ind]))
+    seen_acc.append(seen_max)
+    unseen_acc.append(unseen_max)
+    seen_acc, unseen_acc = np.array(seen_acc), np.array(unseen_acc)
+    hm = np.array([2 * s * u / (s + u) if s > 0 and u > 0 else 0.0 for s, u in zip(seen_acc, unseen_acc)])
+    idx = int(np.argmax(hm))
+    if attr_obj == "csp":
+        unbiased = S.clone()
+        unbiased[~evm.repeat(n, 1)] = -1e10
+        attr_m, obj_m, _ = process(unbiased.argmax(dim=1))
+    else:
+        attr_m, obj_m = attr_max, obj_max
+    return {
+        "auc": float(np.trapezoid(seen_acc, unseen_acc)),
+        "best_hm": float(hm[idx]),
+        "best_seen": float(seen_acc.max()),
+        "best_unseen": float(unseen_acc.max()),
+        "hm_seen": float(seen_acc[idx]),
+        "hm_unseen": float(unseen_acc[idx]),
+        "best_hm_bias": 1e3 if idx == len(biaslist) else float(biaslist[idx]),
+        "attr_acc": _mean(attr_m),
+        "obj_acc": _mean(obj_m),
+        "seen_at_max_bias": seen_max,
+        "unseen_at_max_bias": unseen_max,
+        "biases": [float(b) for b in biaslist] + [1e3],
+        "seen_curve": seen_acc.tolist(),
+        "unseen_curve": unseen_acc.tolist(),
+        "hm_curve": hm.tolist(),
+    }
+
+
+def assert_same(res, ref: dict) -> None:
+    got = res.to_dict()
+    for k, v in ref.items():
+        assert got[k] == v, (k, got[k], v)
+
+
+# --------------------------------------------------------------------------------------------- random cases
+
+
+def random_case(rng: np.random.Generator, grid: bool = True):
+    n_attr, n_obj = (int(v) for v in rng.integers(2, 9, 2))
+    allp = np.array(list(itertools.product(range(n_attr), range(n_obj))))
+    p = int(rng.integers(2, min(len(allp), 90) + 1))
+    pairs = allp[np.sort(rng.choice(len(allp), p, replace=False))]
+    seen = rng.random(p) < rng.uniform(0.2, 0.8)
+    seen[rng.integers(p)] = True
+    evm = seen | (rng.random(p) < rng.uniform(0.3, 1.0))
+    n = int(rng.integers(1, 60))
+    inside = np.flatnonzero(evm)
+    y = rng.choice(inside, n)
+    outside = rng.random(n) < 0.1  # a few GT pairs outside the candidates (open world, excluded pairs)
+    y[outside] = rng.integers(0, p, int(outside.sum()))
+    if grid:
+        levels, step = int(rng.integers(2, 10)), 2.0 ** -int(rng.integers(0, 4))
+        s = (rng.integers(0, levels, (n, p)) - levels // 2) * step
+        s[np.arange(n), y] += rng.integers(0, 3, n) * step
+        # unseen columns lower on average, so that positive biases matter
+        s[:, ~seen] -= rng.integers(0, 3) * step
+    else:
+        s = rng.standard_normal((n, p)) * rng.uniform(0.1, 10)
+        s[np.arange(n), y] += rng.uniform(0, 3)
+    return pairs, seen, evm, y, s.astype(np.float32)
+
+
+def _parts(n: int, rng: np.random.Generator, keep: np.ndarray | None = None) -> list:
+    idx = np.arange(n) if keep is None else np.flatnonzero(keep)
+    k = int(rng.integers(1, min(4, idx.size) + 1))
+    if keep is None and rng.random() < 0.5:
+        cuts = np.r_[0, np.sort(rng.choice(np.arange(1, n), k - 1, replace=False)), n] if k > 1 else np.r_[0, n]
+        return [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [a for a in np.array_split(rng.permutation(idx), k) if a.size]
+
+
+def stream(ev, scores: np.ndarray, rng: np.random.Generator) -> None:
+    """Feed random row x column blocks in random order; sometimes skip the columns that are not read."""
+    n, p = scores.shape
+    prob = ev.prob
+    keep = None if rng.random() < 0.5 else (prob.seen | prob.unseen_eval)
+    blocks = [(r, c) for r in _parts(n, rng) for c in _parts(p, rng, keep)]
+    for i in rng.permutation(len(blocks)):
+        r, c = blocks[i]
+        rr = np.arange(n)[r] if isinstance(r, slice) else r
+        cc = np.arange(p)[c] if isinstance(c, slice) else c
+        block = scores[np.ix_(rr, cc)]
+        kind = rng.integers(3)
+        if kind == 1:
+            block = torch.from_numpy(block)
+        elif kind == 2:
+            block = block.astype(np.float64)  # converted back to float32 (exact here)
+        ev.update(block, r, c)
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+def test_streaming_equals_reference_on_tied_grids():
+    rng = np.random.default_rng(0)
+    n_auc = n_pts = 0
+    for _ in range(200):
+        pairs, seen, evm, y, s = random_case(rng)
+        attr_obj = "csp" if rng.random() < 0.7 else "czsl"
+        ev = StreamingEvaluator(pairs, seen, evm, y, pairs[y, 0], pairs[y, 1], attr_obj=attr_obj)
+        stream(ev, s, rng)
+        res = ev.result()
+        assert res.n_ambiguous == 0  # coarse grids: no two unseen scores within one ulp
+        assert_same(res, reference_evaluate(s, pairs, seen, evm, y, attr_obj=attr_obj))
+        fast = StreamingEvaluator(pairs, seen, evm, y, exact=False, attr_obj=attr_obj)
+        stream(fast, s, rng)
+        fr = fast.result()
+        assert fr.n_ambiguous is None and fr.to_dict()["seen_curve"] == res.to_dict()["seen_curve"]
+        assert fr.auc == res.auc and fr.biases.tolist() == res.biases.tolist()
+        n_auc += res.auc > 0
+        n_pts += len(res.biases) > 2
+    assert n_auc > 60 and n_pts > 30  # the cases exercise real sweeps, not only the degenerate point
+
+
+def test_streaming_equals_reference_continuous_and_float64():
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        pairs, seen, evm, y, s = random_case(rng, grid=False)
+        ev = StreamingEvaluator(pairs, seen, evm, y)
+        stream(ev, s, rng)
+        res = ev.result()
+        ref = reference_evaluate(s, pairs, seen, evm, y)
+        if res.n_ambiguous == 0:
+            assert_same(res, ref)
+        ev64 = StreamingEvaluator(pairs, seen, evm, y, dtype="float64")
+        stream(ev64, s, rng)
+        assert_same(ev64.result(), reference_evaluate(s, pairs, seen, evm, y, dtype=torch.float64))
+
+
+def _tight_case(rng: np.random.Generator):
+    """Scores packed within ~1e-5 of a per-row base: below float32 resolution once 1e3 is added."""
+    p = int(rng.integers(4, 40))
+    pairs = np.array(list(itertools.product(range(p), range(1))))
+    seen = rng.random(p) < 0.4
+    seen[0] = True
+    evm = seen | (rng.random(p) < 0.8)
+    n = 80
+    y = rng.choice(np.flatnonzero(evm), n)
+    base = rng.choice([0.5, 3.0, 20.0, 1023.999], n)[:, None]
+    # spread ~1e-5 (rounding onto the 6.1e-5 float32 grid near 1024, where the biased sums cross into 2^10)
+    spread = np.where(base > 1000, 6.2e-5, 1e-5)
+    s = base + spread * rng.integers(0, 12, (n, p))
+    s[:, seen] -= spread * rng.integers(0, 3)
+    return pairs, seen, evm, y, s.astype(np.float32)
+
+
+def test_tightly_packed_scores_are_flagged_not_silently_wrong():
+    rng = np.random.default_rng(2)
+    flagged = disagreements = 0
+    for _ in range(40):
+        pairs, seen, evm, y, s = _tight_case(rng)
+        ev = StreamingEvaluator(pairs, seen, evm, y, topk=int(rng.integers(2, 5)))
+        stream(ev, s, rng)
+        res = ev.result()
+        S, st, et = torch.from_numpy(s), torch.from_numpy(seen), torch.from_numpy(evm)
+        for b in list(res.biases) + [0.0]:
+            bias = torch.tensor(b, dtype=torch.float32) if b != 1e3 else 1e3
+            ref = reference_predict(S, st, et, bias).numpy()
+            pred, amb, unc = ev.predict(b)
+            wrong = (pred == y) != (ref == y)
+            assert not (wrong & ~amb).any()  # every correctness difference is flagged
+            assert not ((pred != ref) & ~unc).any()  # every prediction difference is flagged as uncertain
+            assert not (amb & ~unc).any()
+            assert set(np.flatnonzero(amb)) <= set(res.ambiguous_samples.tolist())
+            disagreements += int(wrong.sum())
+            if b == 0.0:
+                assert not unc.any() and (pred == ref).all()  # nothing rounds at b = 0
+        flagged += res.n_ambiguous
+        assert res.n_ambiguous == res.ambiguous_samples.size
+        if res.n_ambiguous == 0:
+            assert_same(res, reference_evaluate(s, pairs, seen, evm, y))
+    assert flagged > 0 and disagreements > 0  # the cases do hit rounding merges that change the outcome
+
+
+def test_rounding_merge_hand_case():
+    # columns 0..9; seen: 5 (score 1000.5) and 6; unseen: the rest. At b = 1e3 the unseen scores 0.5 (col 9),
+    # 0.49999 (col 8) and 0.49998 (col 1) all round onto 1000.5, tying with the seen column 5: the reference
+    # predicts column 1 (first index). With k = 2 the evaluator stores only columns 9 and 8 and cannot know.
+    pairs = np.array([[a, 0] for a in range(10)])
+    seen = np.zeros(10, bool)
+    seen[[5, 6]] = True
+    s = np.zeros((2, 10), np.float32)
+    s[:, 9], s[:, 8], s[:, 1], s[:, 5] = 0.5, 0.49999, 0.49998, 1000.5
+    y = np.array([5, 1])  # a seen sample (wrong in the reference) and an unseen one (right in the reference)
+    ref = reference_predict(torch.from_numpy(s), torch.from_numpy(seen), torch.ones(10, dtype=torch.bool), 1e3)
+    assert ref.tolist() == [1, 1]
+    for k, ambiguous in ((2, True), (4, False)):  # k = 4 also stores the 0 scores, which do not merge
+        ev = StreamingEvaluator(pairs, seen, np.ones(10, bool), y, topk=k)
+        ev.update(s)
+        pred, amb, unc = ev.predict(1e3)
+        assert amb.tolist() == [ambiguous, ambiguous] and unc.tolist() == [ambiguous, ambiguous]
+        assert pred.tolist() == ([5, 5] if ambiguous else [1, 1])  # k = 2: best guess min(5, 8)
+    assert_same(ev.result(), reference_evaluate(s, pairs, seen, np.ones(10, bool), y))
+
+
+def test_edge_cases():
+    rng = np.random.default_rng(3)
+    pairs = np.array(list(itertools.product(range(3), range(4))))
+    seen = np.zeros(12, bool)
+    seen[[0, 3, 5, 6, 9]] = True
+    evm = seen.copy()
+    evm[[1, 2, 7]] = True
+    n = 30
+    s = rng.integers(0, 5, (n, 12)).astype(np.float32)
+    # no unseen sample correct even at 1e3: their GT columns score far below everything
+    y = rng.choice(np.flatnonzero(evm), n)
+    s2 = s.copy()
+    s2[:, ~seen] = -5000.0
+    res = evaluate_scores(s2, pairs, seen, evm, y, chunk_cols=5)
+    assert (~seen[y]).any() and res.auc == 0.0 and res.biases.tolist() == [1e3] and res.unseen_at_max_bias == 0
+    assert_same(res, reference_evaluate(s2, pairs, seen, evm, y))
+    # no unseen sample at all
+    ys = rng.choice(np.flatnonzero(seen), n)
+    res = evaluate_scores(s, pairs, seen, evm, ys, chunk_rows=7)
+    assert res.n_unseen_samples == 0 and res.auc == 0.0 and res.best_unseen == 0.0 and res.best_hm == 0.0
+    assert_same(res, reference_evaluate(s, pairs, seen, evm, ys))
+    # every column seen
+    alls = np.ones(12, bool)
+    res = evaluate_scores(s, pairs, alls, alls, y)
+    assert res.n_unseen_samples == 0 and len(res.biases) == 1
+    assert res.seen_at_max_bias == pytest.approx(np.mean(np.argmax(s, 1) == y))
+    assert_same(res, reference_evaluate(s, pairs, alls, alls, y))
+
+
+def test_hand_computed_case():
+    # 2 attrs x 2 objs; columns (0,0) seen, (0,1) unseen, (1,0) seen, (1,1) unseen (outside the mask)
+    pairs = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    seen = np.array([True, False, True, False])
+    evm = np.array([True, True, True, False])
+    y = np.array([0, 1, 1, 2])
+    s = np.array([[3, 1, 2, 9],   # seen, correct unless b > 2
+                  [2, 1, 0, 0],   # unseen, correct once 1 + b > 2 (b > 1)
+                  [1, 1, 0, 0],   # unseen, tie with column 0 at b = 0; correct once b > 0
+                  [2, 0, 2, 0]],  # seen, tie between columns 0 and 2: column 0 wins -> wrong
+                 np.float32)
+    res = evaluate_scores(s, pairs, seen, evm, y)
+    d = sorted([np.float32(np.float32(2 - 1) - np.float32(1e-4)), np.float32(np.float32(1 - 1) - np.float32(1e-4))])
+    assert res.biases.tolist() == [float(d[0]), float(d[1]), 1e3]
+    assert res.seen_curve.tolist() == [0.5, 0.5, 0.0] and res.unseen_curve.tolist() == [0.0, 0.5, 1.0]
+    assert res.auc == pytest.approx(0.5 * 0.5 + 0.5 * 0.25)
+    assert res.best_hm == 0.5 and res.best_hm_bias == float(d[1])
+    # CSP attr/obj at b = 0: predictions 0, 0, 0 (tie -> first), 0; GT attrs 0,0,0,1 and objs 0,1,1,0
+    assert res.attr_acc == 0.75 and res.obj_acc == 0.5
+    czsl = evaluate_scores(s, pairs, seen, evm, y, attr_obj="czsl")  # b = 1e3: predictions 1, 1, 1, 1
+    assert czsl.attr_acc == 0.75 and czsl.obj_acc == 0.5 and czsl.auc == res.auc
+
+
+def test_chunking_does_not_change_anything():
+    rng = np.random.default_rng(4)
+    pairs, seen, evm, y, s = random_case(rng)
+    ref = evaluate_scores(s, pairs, seen, evm, y).to_dict()
+    for rows, cols in [(1, 1), (3, 7), (None, 2), (5, None)]:
+        assert evaluate_scores(torch.from_numpy(s), pairs, seen, evm, y, chunk_rows=rows,
+                               chunk_cols=cols).to_dict() == ref
+
+
+def test_bad_inputs_raise():
+    pairs = np.array([[0, 0], [0, 1], [1, 0]])
+    seen = np.array([True, False, False])
+    evm = np.array([True, True, False])
+    y = np.array([0, 1])
+    with pytest.raises(DataFormatError, match="pairs"):
+        StreamingEvaluator(np.array([[0, 0], [0, 0]]), [True, False], [True, True], [0])
+    with pytest.raises(DataFormatError, match="eval_mask"):
+        StreamingEvaluator(pairs, seen, np.array([False, True, True]), y)
+    with pytest.raises(DataFormatError, match="seen_mask"):
+        StreamingEvaluator(pairs, np.zeros(3, bool), evm, y)
+    with pytest.raises(DataFormatError, match="gt_attr"):
+        StreamingEvaluator(pairs, seen, evm, y, gt_attr=np.array([0, 1]))
+    with pytest.raises(DataFormatError, match="gt_pair"):
+        StreamingEvaluator(pairs, seen, evm, np.array([0, 3]))
+    ev = StreamingEvaluator(pairs, seen, evm, y)
+    with pytest.raises(DataFormatError, match="NaN"):
+        ev.update(np.array([[1.0, np.nan, 0.0], [1.0, 2.0, 0.0]], np.float32))
+    ev = StreamingEvaluator(pairs, seen, evm, y)
+    with pytest.raises(DataFormatError, match="block shape"):
+        ev.update(np.zeros((2, 2), np.float32))
+    ev.update(np.zeros((2, 1), np.float32), cols=slice(0, 1))
+    with pytest.raises(DataFormatError, match="received"):
+        ev.result()
+    ev.update(np.zeros((2, 2), np.float32), cols=[1, 0])  # column 0 twice
+    with pytest.raises(DataFormatError, match="duplicated"):
+        ev.result()
+
+
+# --------------------------------------------------------------------------------------------- open world
+
+
+def _ow_case(rng: np.random.Generator):
+    pairs, seen, _, y, s = random_case(rng)
+    p = len(pairs)
+    y = rng.integers(0, p, len(y))
+    f = rng.integers(0, 7, p) / 8.0 - 0.125  # coarse: many columns exactly on a threshold
+    f[seen] = 0.0
+    return pairs, seen, y, s, f
+
+
+def test_threshold_search_equals_brute_force():
+    rng = np.random.default_rng(5)
+    chosen = 0
+    for i in range(40):
+        pairs, seen, y, s, f = _ow_case(rng)
+        if (~seen).sum() == 0:
+            continue
+        # linspace thresholds (50 once, else 8 to keep the brute force short) or grid values (ties f == th)
+        n_th = 50 if i == 0 else 8
+        th = None if i % 2 == 0 else np.unique(np.r_[f[~seen], f[~seen] + 0.01])[:9]
+        ts = ThresholdSearch(pairs, seen, f, y, thresholds=th, n_thresholds=n_th)
+        stream(ts, s, rng)
+        out = ts.result()
+        ths = feasibility_thresholds(f, seen, n=n_th) if th is None else th
+        assert out.thresholds.tolist() == list(ths)
+        brute = []
+        for t in ths:
+            keep = seen | (f >= t)
+            ref = reference_evaluate(s, pairs, seen, keep, y)
+            brute.append(ref["auc"])
+        assert out.aucs.tolist() == brute
+        best = None
+        for t, a in enumerate(brute):  # the reference's loop: first strict improvement over 0
+            if a > (0.0 if best is None else brute[best]):
+                best = t
+        assert out.best_index == best
+        keep = seen | (f >= ths[best]) if best is not None else np.ones(len(f), bool)
+        assert (out.keep_mask == keep).all()
+        assert_same(out.val_result, reference_evaluate(s, pairs, seen, keep, y))
+        # the exact test-time evaluator on the kept columns agrees with the search's result at that threshold
+        ev = StreamingEvaluator(pairs, seen, out.keep_mask, y)
+        stream(ev, s, rng)
+        assert ev.result().to_dict()["seen_curve"] == out.val_result.to_dict()["seen_curve"]
+        chosen += best is not None
+    assert chosen > 10
+
+
+def test_threshold_search_keeps_everything_when_all_auc_zero():
+    rng = np.random.default_rng(6)
+    pairs, seen, y, s, f = _ow_case(rng)
+    s[:, ~seen] = -5000.0  # no unseen sample can ever be correct
+    ts = ThresholdSearch(pairs, seen, f, y)
+    stream(ts, s, rng)
+    out = ts.result()
+    assert (out.aucs == 0).all() and out.best_index is None and out.threshold is None
+    assert out.keep_mask.all()
+    assert (open_world_keep_mask(seen, f, None) == out.keep_mask).all()
+
+
+def test_removed_columns_are_excluded_not_multiplied_by_zero():
+    # negative scores: the CSP quirk (logits * (feasible + seen)) turns removed columns into 0, the row maximum
+    rng = np.random.default_rng(7)
+    pairs = np.array(list(itertools.product(range(4), range(5))))
+    seen = rng.random(20) < 0.4
+    f = rng.uniform(-0.1, 0.8, 20)
+    f[seen] = 0
+    y = rng.integers(0, 20, 40)
+    s = -rng.uniform(1, 5, (40, 20)).astype(np.float32)
+    keep = open_world_keep_mask(seen, f, 0.4)
+    ev = StreamingEvaluator(pairs, seen, keep, y)
+    stream(ev, s, rng)
+    res = ev.result()
+    assert_same(res, reference_evaluate(s, pairs, seen, keep, y))
+    for b in res.biases:
+        pred, _, _ = ev.predict(b)
+        assert keep[pred].all()
+    quirk = s * ((f >= 0.4).astype(np.float32) + seen)  # CSP: logits * (1[f >= th] + seen_mask)
+    qpred = reference_predict(torch.from_numpy(quirk), torch.from_numpy(seen), torch.ones(20, dtype=torch.bool),
+                              1e3).numpy()
+    assert not keep[qpred].all()  # the quirk would predict removed pairs here
