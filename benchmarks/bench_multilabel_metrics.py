@@ -4,6 +4,9 @@ Synthetic data in GZSL order ``[7,186 seen | 400 unseen]`` (``--n``, ``--c`` and
 float32 scores (standard normal, +1 on positives) and int8 labels, mostly 0; per image a few ``+1`` / ``-1`` drawn
 (Zipf-like frequencies) from the annotated classes only: ``--annotated-seen`` (default 4,728) of the seen classes
 plus all unseen ones; ~10 % of the images get no positive (dropped by ``image_filter="has_positive"``).
+Ties: the scores of ``--tie-rows`` (default 10 %) of the images are rounded to bfloat16 precision (what a model run
+under bf16 autocast produces), which gives tied scores at the K-th place of the top-K and inside AP rankings; the
+output counts them.
 
 Two evaluations, both with ``image_filter="has_positive"`` (Open Images protocol), ``ks=(10, 20)``:
 ZSL on the 400 unseen columns and GZSL on all of them. Reference:
@@ -11,31 +14,44 @@ ZSL on the 400 unseen columns and GZSL on all of them. Reference:
 * AP: for each label, keep the filtered images annotated for it and call ``sklearn.metrics.average_precision_score``
   (``--ref-labels`` evenly spaced labels if set; time extrapolated to all labels, stated in the output);
 * P/R/F1@K: per-image loop (stable argsort of the row, top-K, count ``+1``) over the first ``--ref-rows``
-  filtered images; the fast function is run on the same rows for the comparison and the time is extrapolated.
+  filtered images (default all); the fast function is run on the same rows for the comparison and the time is
+  extrapolated when it is a subset.
 
-Peak memory: ``tracemalloc`` peak (numpy allocations are traced) of a separate run of ``evaluate_multilabel``
-above the memory held before it; timings are from untraced runs (best of ``--repeats``).
+Timings: median (and all) of ``--repeats`` runs of ``evaluate_multilabel`` for each ``--threads`` setting; the
+reference runs once. Wall time and process CPU time (all threads) are both reported: on a machine busy with other
+work the single-thread CPU-time ratio is the steadiest, and OpenMP's spin-waiting threads can make the multithreaded
+torch ops many times slower: run with ``OMP_WAIT_POLICY=PASSIVE`` (recorded in the output) or ``--threads 1``.
+Peak memory (with the last ``--threads`` setting): the process's resident-set high-water mark during a separate run
+of ``evaluate_multilabel`` minus the resident set before it (Linux: ``/proc/self/clear_refs`` resets the mark;
+``tracemalloc`` would miss torch's allocations). It counts every page the call touches: its temporaries and, for
+inputs that are not float32/float64 + int8, the converted copies.
 
     python benchmarks/bench_multilabel_metrics.py --n 20000 --c 2000 --unseen 400 --annotated-seen 1200
-    python benchmarks/bench_multilabel_metrics.py          # full size: ~4.8 GB for scores + labels
+    python benchmarks/bench_multilabel_metrics.py          # full size: ~4.8 GB for scores + labels, ~5 min
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import platform
+import re
 import resource
+import statistics
 import time
 import tracemalloc
 
 import numpy as np
+import torch
 from sklearn.metrics import average_precision_score
 
 from unseen.multilabel.metrics import evaluate_multilabel, precision_recall_f1_at_k
 
 
-def make_data(n: int, c: int, n_unseen: int, n_annot_seen: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_data(n: int, c: int, n_unseen: int, n_annot_seen: int, seed: int,
+              tie_rows: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     n_seen = c - n_unseen
     annotated = np.concatenate([np.sort(rng.choice(n_seen, size=min(n_annot_seen, n_seen), replace=False)),
@@ -57,7 +73,59 @@ def make_data(n: int, c: int, n_unseen: int, n_annot_seen: int, seed: int) -> tu
         r1 = min(n, r0 + 4096)
         scores[r0:r1] = rng.standard_normal((r1 - r0, c), dtype=np.float32)
         scores[r0:r1] += labels[r0:r1] == 1
+    tied = np.flatnonzero(rng.random(n) < tie_rows)
+    for i in range(0, tied.size, 4096):
+        r = tied[i:i + 4096]
+        scores[r] = torch.from_numpy(scores[r]).bfloat16().float().numpy()  # bf16 precision: ties
     return scores, labels
+
+
+def tie_stats(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...]) -> dict:
+    """How many kept images have a tie at the K-th place, and how many positives share their score with another
+    annotated entry of the same class (a tie the AP must treat as one threshold)."""
+    keep_mask = (labels == 1).any(axis=1)
+    keep = np.flatnonzero(keep_mask)
+    amb = dict.fromkeys(ks, 0)
+    for i in range(0, keep.size, 2048):
+        part = torch.topk(torch.from_numpy(scores[keep[i:i + 2048]]), max(ks) + 1, dim=1).values.numpy()
+        for k in ks:
+            if k < scores.shape[1]:
+                amb[k] += int(np.count_nonzero(part[:, k - 1] == part[:, k]))
+    r, c = np.nonzero(labels)
+    r, c = r[keep_mask[r]], c[keep_mask[r]]
+    v = scores[r, c]
+    p = labels[r, c] == 1
+    o = np.lexsort((v, c))
+    c, v, p = c[o], v[o], p[o]
+    same = np.zeros(c.size, dtype=bool)
+    dup = (c[1:] == c[:-1]) & (v[1:] == v[:-1])
+    same[1:] |= dup
+    same[:-1] |= dup
+    return {f"kept_images_tied_at_K{k}": n for k, n in amb.items()} | {
+        "ap_positives_in_a_tie": int(np.count_nonzero(same & p)), "ap_positives": int(np.count_nonzero(p))}
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def peak_extra_memory_mb(fn) -> tuple[float, str]:
+    """Extra resident memory of ``fn()`` at its peak (MB) and how it was measured."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap pages back, or reusing them would not show
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark VmHWM to the current resident set
+        before = _rss_kb("VmRSS")
+        fn()
+        return (_rss_kb("VmHWM") - before) / 1024, "VmHWM - VmRSS before"
+    except OSError:
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        peak = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+        return peak / 2**20, "tracemalloc (numpy only; misses torch allocations)"
 
 
 def reference_ap(scores: np.ndarray, labels: np.ndarray, keep: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -90,25 +158,27 @@ def reference_prf(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...]) -
 
 def bench(name: str, scores: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> dict:
     ks = tuple(args.ks)
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        res = evaluate_multilabel(scores, labels, ks=ks, image_filter="has_positive")
-        times.append(time.perf_counter() - t0)
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    evaluate_multilabel(scores, labels, ks=ks, image_filter="has_positive")
-    peak = tracemalloc.get_traced_memory()[1] - base
-    tracemalloc.stop()
+    fast_runs = {}  # torch threads -> (median wall s, median CPU s, all wall s)
+    for th in args.threads:
+        torch.set_num_threads(th)
+        times, cpu = [], []
+        for _ in range(args.repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = evaluate_multilabel(scores, labels, ks=ks, image_filter="has_positive")
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        fast_runs[th] = (statistics.median(times), statistics.median(cpu), times)
+    peak_mb, peak_how = peak_extra_memory_mb(
+        lambda: evaluate_multilabel(scores, labels, ks=ks, image_filter="has_positive"))
 
     # reference AP (per label)
     C = scores.shape[1]
     keep = (labels == 1).any(axis=1)
     cols = np.arange(C) if not args.ref_labels or args.ref_labels >= C else \
         np.unique(np.linspace(0, C - 1, args.ref_labels).round().astype(np.int64))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ref_ap = reference_ap(scores, labels, keep, cols)
-    t_ap = time.perf_counter() - t0
+    t_ap, c_ap = time.perf_counter() - t0, time.process_time() - c0
     t_ap_all = t_ap * C / cols.size
     from unseen.multilabel.metrics import mean_average_precision
 
@@ -119,30 +189,35 @@ def bench(name: str, scores: np.ndarray, labels: np.ndarray, args: argparse.Name
 
     # reference P/R/F1@K (per image, on a row subset)
     kept = np.flatnonzero(keep)
-    sub = kept[: args.ref_rows]
+    sub = kept[: args.ref_rows] if args.ref_rows else kept
     s_sub, y_sub = scores[sub], labels[sub]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ref_prf = reference_prf(s_sub, y_sub, ks)
-    t_prf = time.perf_counter() - t0
+    t_prf, c_prf = time.perf_counter() - t0, time.process_time() - c0
     t_prf_all = t_prf * kept.size / max(sub.size, 1)
+    c_ref_all = c_ap * C / cols.size + c_prf * kept.size / max(sub.size, 1)
     fast_prf = precision_recall_f1_at_k(s_sub, y_sub, ks=ks)
     prf_ok = all(fast_prf[k] == v for k, v in ref_prf.items())
 
+    t_ref = t_ap_all + t_prf_all
     return {
         "space": name, "N": int(scores.shape[0]), "C": int(C), "n_images_kept": res["n_images"],
         "result": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in res.items()},
-        "fast_s_best": round(min(times), 3), "fast_s_all": [round(t, 3) for t in times],
-        "fast_peak_tracemalloc_MB": round(peak / 2**20, 1),
+        "fast": [{"torch_threads": th, "s_median": round(t, 3), "s_all": [round(x, 3) for x in ts],
+                  "cpu_s_median": round(c, 3), "speedup_est": round(t_ref / t, 1),
+                  "speedup_cpu_time_est": round(c_ref_all / c, 1)} for th, (t, c, ts) in fast_runs.items()],
+        "fast_peak_extra_MB": round(peak_mb, 1), "peak_measured_as": peak_how,
         "ref_ap_labels_timed": int(cols.size),
         "ref_ap_s": round(t_ap, 2), "ref_ap_s_all_labels": round(t_ap_all, 2),
         "ref_ap_extrapolated": bool(cols.size < C),
         "ref_mAP": None if ref_map is None else round(ref_map, 6),
+        "mAP_abs_diff": None if ref_map is None else abs(ref_map - res["mAP"]),
         "ap_max_abs_diff": ap_diff, "ap_identical_1e-9": ap_ok,
         "ref_prf_rows_timed": int(sub.size), "ref_prf_s": round(t_prf, 2),
         "ref_prf_s_all_rows": round(t_prf_all, 2), "ref_prf_extrapolated": bool(sub.size < kept.size),
         "prf_identical_on_subset": prf_ok,
-        "ref_total_s_est": round(t_ap_all + t_prf_all, 2),
-        "speedup_est": round((t_ap_all + t_prf_all) / min(times), 1),
+        "ref_total_s_est": round(t_ref, 2), "ref_cpu_s_est": round(c_ref_all, 2),
+        "ties": tie_stats(scores, labels, ks),
     }
 
 
@@ -154,18 +229,24 @@ def main() -> None:
     ap.add_argument("--annotated-seen", type=int, default=4_728)
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--ref-labels", type=int, default=0, help="labels timed in the AP reference (0 = all)")
-    ap.add_argument("--ref-rows", type=int, default=5_000, help="images in the per-image P/R/F1 reference")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--ref-rows", type=int, default=0, help="images in the per-image P/R/F1 reference (0 = all)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tie-rows", type=float, default=0.1, help="fraction of images with bf16-rounded scores")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-gzsl", action="store_true")
+    ap.add_argument("--threads", type=int, nargs="+", default=[0],
+                    help="torch intra-op thread counts to time the fast path with (0 = torch's default)")
     args = ap.parse_args()
+    args.threads = [t or torch.get_num_threads() for t in args.threads]
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    scores, labels = make_data(args.n, args.c, args.unseen, args.annotated_seen, args.seed)
+    scores, labels = make_data(args.n, args.c, args.unseen, args.annotated_seen, args.seed, args.tie_rows)
     t_gen = time.perf_counter() - t0
-    print(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cpus",
-                      "numpy": np.__version__, "N": args.n, "C": args.c, "gen_s": round(t_gen, 1),
+    print(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+                      "numpy": np.__version__, "torch": torch.__version__,
+                      "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+                      "load_avg_1min": round(os.getloadavg()[0], 2), "N": args.n, "C": args.c, "gen_s": round(t_gen, 1),
                       "scores_GB": round(scores.nbytes / 1e9, 2), "labels_GB": round(labels.nbytes / 1e9, 2),
                       "nonzero_labels_per_image": round(float(np.count_nonzero(labels)) / args.n, 2)}))
     zsl = bench("ZSL", scores[:, args.c - args.unseen:], labels[:, args.c - args.unseen:], args)
@@ -175,6 +256,7 @@ def main() -> None:
         print(json.dumps(gzsl, indent=1))
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"process_ru_maxrss_GB": round(rss1 / 2**20, 2), "ru_maxrss_before_data_GB": round(rss0 / 2**20, 2),
+                      "load_avg_1min_end": round(os.getloadavg()[0], 2),
                       "note": "ru_maxrss covers the whole process (data, references, fast path)"}))
 
 

@@ -13,7 +13,7 @@ from unseen.attribute.baselines import ESZSL, Attn1, Attn1Config, ESZSLConfig, e
 from unseen.attribute.mgmrn import GroupingUnit, MgMRN, MgMRNConfig
 from unseen.backbones import build_backbone
 from unseen.config import ConfigError, build_dataclass
-from unseen.registry import MODELS
+from unseen.registry import get_model_entry
 
 A_CUB = 312
 
@@ -304,9 +304,11 @@ def test_packed_maps_backbone_gives_the_same_scores():
 
 
 def test_config_schema_and_registration():
-    assert MODELS["mgmrn"].builder is MgMRN and MODELS["mgmrn"].config is MgMRNConfig
-    assert MODELS["attn1"].builder is Attn1 and MODELS["eszsl"].builder is ESZSL
-    assert all(MODELS[n].setting == "attribute" for n in ("mgmrn", "attn1", "eszsl"))
+    entry = get_model_entry("mgmrn", "attribute")
+    assert entry.builder is MgMRN and entry.config is MgMRNConfig
+    assert get_model_entry("attn1", "attribute").builder is Attn1
+    assert get_model_entry("eszsl", "attribute").builder is ESZSL
+    assert all(get_model_entry(n, "attribute").setting == "attribute" for n in ("mgmrn", "attn1", "eszsl"))
     cfg = MgMRNConfig()
     assert (cfg.width, cfg.model_dim, cfg.levels, cfg.n_parts, cfg.grouping, cfg.step_mode) == (
         2048, 1024, [1, 2, 3], 5, "parts", "joint")

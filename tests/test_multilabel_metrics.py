@@ -66,6 +66,15 @@ def _assert_dict_close(a, b, tol=1e-12):
             assert w == pytest.approx(v, abs=tol), key
 
 
+@pytest.fixture(params=["sort", "topk"])
+def prf_path(request, monkeypatch):
+    """Run a P/R/F1@K test through both top-K paths: numpy sort of short rows and torch.topk of long rows."""
+    import unseen.multilabel.metrics as M
+
+    monkeypatch.setattr(M, "_SORT_MAX_C", 1 << 30 if request.param == "sort" else 0)
+    return request.param
+
+
 # ----------------------------------------------------------------------------------------------- AP
 
 
@@ -176,7 +185,7 @@ def test_image_filter_has_positive():
 # ----------------------------------------------------------------------------------------------- P/R/F1@K
 
 
-def test_prf_hand_computed():
+def test_prf_hand_computed(prf_path):
     s = np.array([[0.9, 0.8, 0.1, 0.7],
                   [0.1, 0.2, 0.3, 0.4]])
     y = np.array([[1, 0, 1, -1],
@@ -190,7 +199,7 @@ def test_prf_hand_computed():
     assert out == pytest.approx({"P@1": 1.0, "R@1": 0.5, "F1@1": 2 / 3})
 
 
-def test_prf_ties_broken_by_lowest_index():
+def test_prf_ties_broken_by_lowest_index(prf_path):
     s = np.array([[0.5, 0.5, 0.5, 0.5, 0.2]])
     y = np.array([[-1, 0, 1, 1, 1]], dtype=np.int8)
     out = precision_recall_f1_at_k(s, y, ks=(1, 2, 3, 4))
@@ -204,7 +213,7 @@ def test_prf_ties_broken_by_lowest_index():
     assert precision_recall_f1_at_k(s2, y2, ks=2)["P@2"] == pytest.approx(1 / 2)
 
 
-def test_prf_k_larger_than_c_and_bad_k_rejected():
+def test_prf_k_larger_than_c_and_bad_k_rejected(prf_path):
     s, y = np.zeros((2, 3)), np.ones((2, 3), dtype=np.int8)
     assert precision_recall_f1_at_k(s, y, ks=3)["P@3"] == 1.0
     with pytest.raises(ValueError, match="larger than"):
@@ -224,7 +233,7 @@ def test_prf_no_positive_and_empty():
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_prf_matches_per_image_loop(ties):
+def test_prf_matches_per_image_loop(ties, prf_path):
     rng = np.random.default_rng(11)
     s, y = _random_case(rng, 150, 17, ties=ties, p=(0.2, 0.6, 0.2))
     ks = (1, 3, 5, 17)
@@ -247,7 +256,7 @@ def test_evaluate_keys_and_consistency():
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_chunk_size_invariance(ties):
+def test_chunk_size_invariance(ties, prf_path):
     rng = np.random.default_rng(4)
     s, y = _random_case(rng, 211, 37, ties=ties, p=(0.1, 0.8, 0.1))
     y[:, 0] = 0
@@ -295,3 +304,157 @@ def test_bad_inputs():
         average_precision(np.zeros((3, 4), dtype=bool), y)
     with pytest.raises(ValueError, match="chunk_size"):
         average_precision(s, y, chunk_size=0)
+
+
+# ----------------------------------------------------------------------------------------------- fast paths
+
+
+def _sparse_case(rng, N, C, *, per_row=4, tie_frac=0.5):
+    """OI-like: a few annotated labels per image, many columns, ~10 % images without a positive; the scores of
+    ``tie_frac`` of the rows are rounded to a coarse grid (ties at the K-th place and inside AP rankings)."""
+    s = rng.standard_normal((N, C)).astype(np.float32)
+    tied = rng.random(N) < tie_frac
+    s[tied] = np.round(s[tied] * 4) / 4
+    y = np.zeros((N, C), dtype=np.int8)
+    for n in range(N):
+        cols = rng.choice(C, size=per_row, replace=False)
+        y[n, cols] = rng.choice(np.array([-1, 1], dtype=np.int8), size=per_row)
+        if rng.random() < 0.1:
+            y[n][y[n] == 1] = -1
+    return s, y
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_labels_match_oracles_with_filter(seed, prf_path):
+    rng = np.random.default_rng(seed)
+    s, y = _sparse_case(rng, 300, 60)
+    keep = (y == 1).any(axis=1)
+    ks = (1, 5, 10, 59, 60)
+    out = evaluate_multilabel(s, y, ks=ks, image_filter="has_positive", row_chunk_size=17)
+    ap = _sklearn_ap(s[keep], y[keep])
+    m = mean_average_precision(s, y, image_filter="has_positive")
+    np.testing.assert_allclose(m["per_class"], ap, rtol=0, atol=1e-12, equal_nan=True)
+    assert out["mAP"] == pytest.approx(np.nanmean(ap), abs=1e-12)
+    assert out["n_excluded"] == int(np.isnan(ap).sum()) and out["n_images"] == int(keep.sum())
+    _assert_dict_close(_loop_prf(s[keep], y[keep], ks), out)
+
+
+def test_prf_kth_place_ties_exhaustive(prf_path):
+    """Every K with ties at, above and below the K-th place, K = C - 1 and K = C, against the stable loop."""
+    rng = np.random.default_rng(21)
+    for _ in range(30):
+        N, C = int(rng.integers(1, 30)), int(rng.integers(2, 12))
+        s = rng.integers(0, 3, size=(N, C)).astype(np.float32)
+        y = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=(N, C))
+        ks = tuple(range(1, C + 1))
+        _assert_dict_close(_loop_prf(s, y, ks), precision_recall_f1_at_k(s, y, ks=ks,
+                                                                          chunk_size=int(rng.integers(1, 8))))
+
+
+def test_signed_zero_is_one_tie(prf_path):
+    s = np.array([[0.0, -0.0, 0.0, -0.0, -1.0]], dtype=np.float32).repeat(3, axis=0)
+    y = np.array([[-1, 1, 1, -1, 1], [1, -1, -1, 1, -1], [-1, -1, 1, 1, 1]], dtype=np.int8)
+    _assert_dict_close(_loop_prf(s, y, (1, 2, 3)), precision_recall_f1_at_k(s, y, ks=(1, 2, 3)))
+    np.testing.assert_allclose(average_precision(s, y), _sklearn_ap(s, y), rtol=0, atol=1e-12)
+
+
+def test_ap_column_chunks_by_entry_budget(monkeypatch):
+    """Sparse labels over the entry budget are split into column chunks; the numbers are identical."""
+    import unseen.multilabel.metrics as M
+
+    rng = np.random.default_rng(9)
+    s, y = _random_case(rng, 600, 13, ties=True, p=(0.05, 0.9, 0.05))  # sparse: 10 % annotated
+    y[:, 4] = 0
+    ref = average_precision(s, y)
+    ref_f = mean_average_precision(s, y, image_filter="has_positive")
+    seen_chunks = []
+    orig = M._ap_column_chunks
+    monkeypatch.setattr(M, "_AP_ENTRIES", 150)
+    monkeypatch.setattr(M, "_ap_column_chunks", lambda *a: seen_chunks.append(orig(*a)) or seen_chunks[-1])
+    np.testing.assert_array_equal(average_precision(s, y), ref)
+    out = mean_average_precision(s, y, image_filter="has_positive")
+    np.testing.assert_array_equal(out["per_class"], ref_f["per_class"])
+    chunks = seen_chunks[0]
+    assert len(chunks) > 3 and chunks[0][0] == 0 and chunks[-1][1] == 13
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    np.testing.assert_allclose(ref, _sklearn_ap(s, y), rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_input_layouts_and_dtypes():
+    """Strided views, negative strides, read-only and big-endian arrays, float16/bfloat16/float64 tensors."""
+    rng = np.random.default_rng(13)
+    s, y = _random_case(rng, 80, 30, ties=True)
+    ref = evaluate_multilabel(s[:, 10:], y[:, 10:], ks=(1, 4), image_filter="has_positive")
+    sv, yv = s[:, 10:], y[:, 10:]  # views into wider matrices, as for ZSL columns
+    assert not sv.flags.c_contiguous
+    assert evaluate_multilabel(sv, yv, ks=(1, 4), image_filter="has_positive") == ref
+    ro_s, ro_y = np.ascontiguousarray(sv), np.ascontiguousarray(yv)
+    ro_s.flags.writeable = False
+    ro_y.flags.writeable = False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate_multilabel(ro_s, ro_y, ks=(1, 4), image_filter="has_positive") == ref
+    assert evaluate_multilabel(sv.astype(">f4"), yv, ks=(1, 4), image_filter="has_positive") == ref
+    rev = evaluate_multilabel(sv[::-1, ::-1], yv[::-1, ::-1], ks=(1, 4), image_filter="has_positive")
+    assert rev["mAP"] == pytest.approx(ref["mAP"], abs=1e-12)  # AP does not depend on the order
+    t = torch.from_numpy(np.ascontiguousarray(sv))
+    for dt in (torch.float16, torch.bfloat16, torch.float64):  # small integers: exact in every dtype
+        assert evaluate_multilabel(t.to(dt), torch.from_numpy(yv.copy()).long(), ks=(1, 4),
+                                   image_filter="has_positive") == ref
+
+
+def test_integer_labels_out_of_range_rejected():
+    s = np.zeros((4, 3), dtype=np.float32)
+    for dt, v in ((np.int64, 2), (np.int16, -2), (np.uint8, 255)):
+        y = np.zeros((4, 3), dtype=dt)
+        y[3, 1] = v
+        with pytest.raises(ValueError, match=r"labels must only contain.*row 3, column 1"):
+            evaluate_multilabel(s, y, ks=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_and_sparse_ap_paths_identical(seed, monkeypatch):
+    """The column-sort path (dense labels) and the annotated-entries path give the same numbers, bit for bit."""
+    import unseen.multilabel.metrics as M
+
+    rng = np.random.default_rng(seed)
+    s, y = _random_case(rng, 230, 19, ties=True, p=(0.25, 0.5, 0.25))
+    s[:, 3] = -s[:, 3]  # signed zeros
+    y[::5] = np.where(y[::5] == 1, 0, y[::5])  # images without a positive, for the filter
+    y[:, 6] = 0
+    out = {}
+    for frac in (0.0, 2.0):  # every matrix dense / every matrix sparse
+        monkeypatch.setattr(M, "_DENSE_FRACTION", frac)
+        out[frac] = [average_precision(s, y, chunk_size=cs) for cs in (None, 1, 7)]
+        out[frac] += [mean_average_precision(s, y, image_filter="has_positive", chunk_size=cs)["per_class"]
+                      for cs in (None, 4)]
+    for res in out.values():  # chunk sizes do not matter
+        np.testing.assert_array_equal(res[0], res[1])
+        np.testing.assert_array_equal(res[0], res[2])
+        np.testing.assert_array_equal(res[3], res[4])
+    for a, b in zip(out[0.0], out[2.0]):
+        np.testing.assert_array_equal(a, b)
+    keep = (y == 1).any(axis=1)
+    np.testing.assert_allclose(out[0.0][0], _sklearn_ap(s, y), rtol=0, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(out[0.0][3], _sklearn_ap(s[keep], y[keep]), rtol=0, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("ap_entries", [1 << 22, 40])  # annotated entries kept / dropped mid-way (dense count)
+def test_bad_labels_found_in_every_block(ap_entries, monkeypatch):
+    import unseen.multilabel.metrics as M
+
+    monkeypatch.setattr(M, "_AP_ENTRIES", ap_entries)
+    monkeypatch.setattr(M, "_BLOCK_ENTRIES", 64)  # 8 rows per block
+    rng = np.random.default_rng(17)
+    s, y = _random_case(rng, 50, 8, p=(0.2, 0.6, 0.2))
+    for bad in (2, -2, -128, 127):
+        yb = y.copy()
+        yb[45, 6] = bad
+        with pytest.raises(ValueError, match=rf"labels must only contain.*found {bad}.*row 45, column 6"):
+            evaluate_multilabel(s, yb, ks=1)
+    ref = evaluate_multilabel(s, y, ks=(1, 3), image_filter="has_positive")
+    monkeypatch.setattr(M, "_AP_ENTRIES", 1 << 22)
+    monkeypatch.setattr(M, "_BLOCK_ENTRIES", 1 << 23)
+    assert evaluate_multilabel(s, y, ks=(1, 3), image_filter="has_positive") == ref

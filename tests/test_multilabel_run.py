@@ -120,3 +120,29 @@ def test_missing_feature_file_and_bad_label_length(nus_root: Path, tmp_path: Pat
     cfg = _cfg(nus_root, tmp_path, "epsilon", [f"data.test_h5={bad}"])
     with pytest.raises(DataFormatError, match="x_a.jpg-labels"):
         runs.run_config(cfg, tmp_path / "r2")
+
+
+def test_embedded_world_run_and_predict_from_image_files(tmp_path: Path) -> None:
+    """The demo pipeline at toy size: rendered world -> extractor trained on seen tags -> `unseen extract` layout ->
+    NUS-WIDE reader -> Epsilon -> `predict` rebuilds the extractor from the sidecar and ranks labels of image files."""
+    from unseen import runs
+    from unseen.config import load_config
+    from unseen.runs import resolve_config_path
+
+    world = ("{seed: 3, n_colours: 5, n_shapes: 5, n_categories: 18, n_unseen: 5, n_train: 60, n_test: 24, "
+             "image_size: 48, supersample: 1, max_distractors: 1}")
+    cfg = load_config(resolve_config_path("multilabel/demo_epsilon"),
+                      [f"data.world={world}", "data.extractor={epochs: 1, widths: [8, 16, 24]}", f"output_dir={tmp_path}",
+                       "train.epochs=2", "model.dim=32", "model.layers=1", "model.groups=3", "model.global_groups=3"])
+    res = runs.run_config(cfg, runs.new_run_dir(cfg))
+    run_dir = Path(res["run_dir"])
+    assert res["world"]["extractor"]["widths"] == [8, 16, 24]
+    assert 0.0 <= res["world"]["extractor_val_seen_mAP"] <= 1.0
+    for k in ("zsl/mAP", "gzsl/mAP", "zsl/F1@3", "gzsl/F1@5"):
+        assert 0.0 <= res["metrics"][k] <= 1.0
+    weights = Path(res["features"]["weights_file"])  # <world>/features-<hash>/extractor.safetensors
+    img = sorted((weights.parents[1] / "images" / "test").glob("*.png"))[0]
+    top = runs.predict(run_dir, [str(img)], "all", 5)[0]["top"]
+    assert len(top) == 5 and [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
+    unseen_only = runs.predict(run_dir, [str(img)], "unseen", 10)[0]["top"]
+    assert len(unseen_only) == 5 and not any(t["seen"] for t in unseen_only)

@@ -49,6 +49,21 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--image-list", default=None, help="xlsa17 only")
     ck.add_argument("--w2v", default=None, help="xlsa17 only")
 
+    ex = sub.add_parser("extract", help="region features of an image folder into a BiAM-layout h5 (+ provenance)")
+    ex.add_argument("image_root")
+    ex.add_argument("output", help="the .h5 file to write (its provenance goes to <output>.json)")
+    ex.add_argument("--list", dest="image_list", help="text file, one image path per line relative to IMAGE_ROOT "
+                    "(default: every image under it, sorted)")
+    ex.add_argument("--labels", help=".npy (N, L) in {-1,0,1}, one row per image, stored as <name>-labels")
+    ex.add_argument("--unseen-labels", help=".npy (N, U): write the NUS-WIDE test layout (labels = [seen|unseen], "
+                    "labels_81 = unseen)")
+    ex.add_argument("--backbone", default="vgg19", help="vgg19 (conv5_4, default) | vit | vit:<timm model> | tiny")
+    ex.add_argument("--weights", help="local weights file (no download happens; without it: random init)")
+    ex.add_argument("--image-size", type=int, default=224)
+    ex.add_argument("--batch-size", type=int, default=32)
+    ex.add_argument("--device", default="cpu")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
     sub.add_parser("list", help="registered models and datasets")
     return p
 
@@ -101,6 +116,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         for line in lines:
             print(line)
         print("OK")
+    elif args.command == "extract":
+        from unseen.multilabel.extract import extract_h5, extract_items, read_sidecar
+
+        items = extract_items(args.image_root, args.image_list, args.labels, args.unseen_labels)
+        out = extract_h5(args.image_root, items, args.output, backbone=args.backbone, weights=args.weights,
+                         image_size=args.image_size, batch_size=args.batch_size, device=args.device,
+                         overwrite=args.overwrite)
+        meta = read_sidecar(out)
+        print(f"{out}: {meta['n_images']} images, features {meta['feature_shape']} ({meta['backbone']}, "
+              f"{meta['layer']}); provenance in {out}.json")
     elif args.command == "list":
         from unseen.registry import DATASETS, MODELS, _ensure_loaded
 

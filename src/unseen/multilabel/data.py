@@ -570,7 +570,7 @@ class BiAMH5Dataset(Dataset):
 
 def write_biam_h5(
     path: str | os.PathLike[str],
-    items: Iterable[tuple[str, np.ndarray, np.ndarray | Mapping[str, np.ndarray]]],
+    items: Iterable[tuple[Any, ...]],
     *,
     feature_shape: tuple[int, int] = FEATURE_SHAPE,
     attrs: Mapping[str, Any] | None = None,
@@ -578,8 +578,10 @@ def write_biam_h5(
 ) -> int:
     """Write BiAM-layout h5 (atomically): for every ``(name, features (512, 196), labels)`` the datasets
     ``<h5_name(name)>-features`` float32 and ``<h5_name(name)>-labels`` int8, or ``<name>-<suffix>`` for every entry
-    when ``labels`` is a mapping ``{suffix: vector}`` (``{"seenlabels": ..., "unseenlabels": ...}``). ``attrs`` go
-    into the file's attributes (resolution, backbone, weights: the sidecar facts). Returns the image count."""
+    when ``labels`` is a mapping ``{suffix: vector}`` (``{"seenlabels": ..., "unseenlabels": ...}``). An item may
+    carry a fourth element ``{suffix: float array}`` written as float32 ``<name>-<suffix>`` (e.g. a ViT's ``cls``
+    token). ``attrs`` go into the file's attributes (resolution, backbone, weights: the sidecar facts). Returns the
+    image count."""
     import h5py
 
     path = Path(path)
@@ -589,7 +591,12 @@ def write_biam_h5(
         with h5py.File(tmp, "w") as f:
             for k, v in (attrs or {}).items():
                 f.attrs[k] = v
-            for name, feat, labels in items:
+            for item in items:
+                if len(item) not in (3, 4):
+                    raise ValueError(f"write_biam_h5: expected (name, features, labels[, extras]), got {len(item)} "
+                                     "elements")
+                name, feat, labels = item[:3]
+                extras: Mapping[str, np.ndarray] = item[3] if len(item) == 4 else {}
                 key = h5_name(name)
                 if key in written:
                     raise ValueError(f"write_biam_h5: image {key!r} given twice")
@@ -600,6 +607,13 @@ def write_biam_h5(
                 for suf, lab in lab_map.items():
                     lab = _check_labels(np.asarray(lab), path, f"{key}-{suf}", None)
                     f.create_dataset(f"{key}-{suf}", data=lab, compression=compression)
+                for suf, arr in extras.items():
+                    if suf == "features" or suf in lab_map:
+                        raise ValueError(f"write_biam_h5: extra dataset '{key}-{suf}' clashes with a feature/label key")
+                    arr = np.asarray(arr, dtype=np.float32)
+                    if not np.isfinite(arr).all():
+                        raise DataFormatError(f"{path}: '{key}-{suf}': contains NaN or inf")
+                    f.create_dataset(f"{key}-{suf}", data=arr, compression=compression)
                 count += 1
     return count
 

@@ -257,11 +257,51 @@ def prepare_nus_wide(cfg: NusWideConfig, model_cfg: Any = None, world: dict | No
     log.info("nus_wide: %d seen / %d unseen labels; train %d (dropped %d without a positive), val %d, test %d",
              labels.n_seen, labels.n_unseen, counts["train"], counts["dropped_train"], counts["val"], len(test))
     C, T = _feature_shape(train_h5)
-    sidecar = train_h5.with_name(train_h5.name + ".json")
+    from unseen.multilabel.extract import sidecar_path
+
+    sidecar = sidecar_path(train_h5)
     return MultilabelData(labels, np.concatenate([seen_w, unseen_w]), train, val, test, C, T, tuple(cfg.ks),
                           "all", cfg.select_metric, test_names,
                           cfg.image_root, str(sidecar) if sidecar.is_file() else "", world,
                           {"glove": str(glove), "train_h5": str(train_h5), "test_h5": str(test_h5), **labels.sources})
+
+
+@dataclass
+class ShapesConfig:
+    """The embedded multi-label world: rendered scenes -> a CNN trained on the seen tags of the training images only
+    -> BiAM-layout h5 features (NUS-WIDE file names) -> read back by the NUS-WIDE reader."""
+
+    name: str = "shapes"
+    root: str = ""  # default: $UNSEEN_CACHE/shapes-multilabel-<hash>
+    world: dict = field(default_factory=dict)  # MultilabelWorldConfig fields
+    extractor: dict = field(default_factory=dict)  # SeenExtractorConfig fields
+    preload: str = "auto"
+    ks: list = field(default_factory=lambda: [3, 5])
+    select_metric: str = "F1@5"
+
+
+@register_dataset("shapes", setting="multilabel", config=ShapesConfig)
+def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> MultilabelData:
+    """The embedded multi-label world, exported to the NUS-WIDE/BiAM layout and read by the real reader."""
+    from unseen.config import build_dataclass
+    from unseen.shapes.multilabel_world import (
+        MultilabelWorldConfig,
+        SeenExtractorConfig,
+        prepare_multilabel_world,
+    )
+
+    wcfg = build_dataclass(MultilabelWorldConfig, cfg.world, "data.world")
+    wcfg.validate()
+    ecfg = build_dataclass(SeenExtractorConfig, cfg.extractor, "data.extractor")
+    paths = prepare_multilabel_world(wcfg, cfg.root or None, ecfg)
+    nus = NusWideConfig(root=str(paths["root"]), glove=str(paths["glove"]), train_h5=str(paths["train_h5"]),
+                        test_h5=str(paths["test_h5"]), train_names=str(paths["train_names"]),
+                        test_names=str(paths["test_names"]), image_root=str(paths["image_root"]),
+                        val_fraction=wcfg.val_fraction, preload=cfg.preload, ks=list(cfg.ks),
+                        select_metric=cfg.select_metric)
+    world = {"world": to_dict(wcfg), "extractor": to_dict(ecfg),
+             "extractor_val_seen_mAP": paths["extractor"].get("val_seen_mAP")}
+    return prepare_nus_wide(nus, model_cfg, world)
 
 
 def load_open_images_vectors(path: str | Path, labels: LabelSpace) -> np.ndarray:
