@@ -1,6 +1,7 @@
 """The training engine on a toy problem: checkpoints, resume, episodic sampling, sub-steps, DDP on CPU."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -159,6 +160,16 @@ def test_lr_schedule_and_release_shift():
     assert [lr_at(c, e) for e in (0, 9, 10, 19, 20)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
     c.lr_shift_compat = True  # the release steps StepLR at epoch start: decays at epochs 9, 19, 29
     assert [lr_at(c, e) for e in (0, 8, 9, 18, 19)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+def test_cosine_schedule_with_warmup():
+    c = TrainConfig(lr=1.0, lr_schedule="cosine", warmup_epochs=2, min_lr=0.1, epochs=6)
+    # warm-up 0.5, 1.0; then cosine over the 4 remaining epochs: t = 0, 1/4, 2/4, 3/4
+    want = [0.5, 1.0] + [0.1 + 0.45 * (1 + math.cos(math.pi * t)) for t in (0, 0.25, 0.5, 0.75)]
+    assert [lr_at(c, e) for e in range(6)] == pytest.approx(want)
+    assert lr_at(c, 10) == pytest.approx(0.1)  # past the end: min_lr
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_at(TrainConfig(lr_schedule="linear"), 0)
 
 
 DDP_SCRIPT = textwrap.dedent('''

@@ -94,7 +94,13 @@ def create_clip(arch: str, weights: str | Path | None = None, device: str | torc
                         "(spec §9)", arch, path, arch)
         from unseen.backbones import load_weights
 
-        model = open_clip.create_model(arch, pretrained=None, device=device)
+        root = logging.getLogger()
+        quiet = _DropNotice("No pretrained weights loaded")  # open_clip's notice; the weights are loaded just below
+        root.addFilter(quiet)
+        try:
+            model = open_clip.create_model(arch, pretrained=None, device=device)
+        finally:
+            root.removeFilter(quiet)
         load_weights(model, path)
     else:  # random init, or an open_clip pretrained tag (downloads: never in tests)
         model = open_clip.create_model(arch, pretrained=weights, device=device)
@@ -102,6 +108,15 @@ def create_clip(arch: str, weights: str | Path | None = None, device: str | torc
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def check_clip(clip: nn.Module) -> None:
