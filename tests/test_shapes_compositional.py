@@ -231,10 +231,11 @@ def test_pretraining_data_is_train_pairs_only(world_dir, tmp_path):
 
 def test_pretraining_lowers_the_loss(world_dir):
     data = load_pretrain_data(world_dir)
-    _, hist = pretrain_clip(data, TINY_PRETRAIN, show_progress=False)
+    cfg = replace(TINY_PRETRAIN, steps=80)  # from random init the loss first sits on a plateau for a few dozen steps
+    _, hist = pretrain_clip(data, cfg, show_progress=False)
     losses = np.asarray([h["loss"] for h in hist])
-    assert np.isfinite(losses).all() and len(losses) == TINY_PRETRAIN.steps
-    assert losses[-5:].mean() < 0.9 * losses[:5].mean()  # from random init the loss first sits on a plateau
+    assert np.isfinite(losses).all() and len(losses) == cfg.steps
+    assert losses[-5:].mean() < 0.8 * losses[:5].mean()
 
 
 def test_pretrained_weights_cached_loadable_and_deterministic(world_dir, tmp_path, monkeypatch):
