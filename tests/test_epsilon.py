@@ -176,5 +176,5 @@ def test_models_learn_a_separable_toy_task(i: int) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
