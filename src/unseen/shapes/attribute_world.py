@@ -483,8 +483,11 @@ def _loc(idx: list[int]) -> np.ndarray:
     return a.astype(np.uint16).reshape(-1, 1)
 
 
-def _existing_world(out_dir: Path, cfg: AttributeWorldConfig) -> bool:
-    """True if ``out_dir`` holds this exact, complete world; raise if it holds anything else."""
+def existing_world(out_dir: Path, kind: str, version: str, config: dict[str, Any],
+                   required: list[str] | tuple[str, ...], with_listed_files: bool = False) -> bool:
+    """True if ``out_dir`` holds this exact, complete ``kind`` world (same ``version`` and ``config``, every
+    ``required`` file, and with ``with_listed_files`` every file its world.json lists); False if it is missing or
+    empty; :class:`WorldExistsError` if it holds anything else (never overwritten)."""
     if not out_dir.exists():
         return False
     if not out_dir.is_dir():
@@ -493,21 +496,25 @@ def _existing_world(out_dir: Path, cfg: AttributeWorldConfig) -> bool:
         return False
     meta_path = out_dir / "world.json"
     if not meta_path.is_file():
-        raise WorldExistsError(f"{out_dir}: folder is not empty and holds no attribute world (no world.json); "
+        raise WorldExistsError(f"{out_dir}: folder is not empty and holds no {kind} world (no world.json); "
                                "refusing to overwrite it: choose another folder or remove it")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise WorldExistsError(f"{meta_path}: unreadable world.json ({exc}); refusing to overwrite") from exc
-    if meta.get("version") != WORLD_VERSION or meta.get("config") != _config_dict(cfg):
+    if meta.get("version") != version or meta.get("config") != config:
         raise WorldExistsError(
-            f"{out_dir}: holds a different attribute world (version {meta.get('version')!r}, config "
-            f"{meta.get('config')}); refusing to overwrite it with {_config_dict(cfg)}"
-        )
-    missing = [p for p in _REQUIRED if not (out_dir / p).is_file()]
+            f"{out_dir}: holds a different {kind} world (version {meta.get('version')!r}, config "
+            f"{meta.get('config')}); refusing to overwrite it with {config}")
+    listed = meta.get("files", []) if with_listed_files else []
+    missing = [p for p in [*required, *listed] if not (out_dir / p).is_file()]
     if missing:
-        raise WorldExistsError(f"{out_dir}: incomplete attribute world (missing {', '.join(missing)}); remove it")
+        raise WorldExistsError(f"{out_dir}: incomplete {kind} world (missing {', '.join(missing[:5])}); remove it")
     return True
+
+
+def _existing_world(out_dir: Path, cfg: AttributeWorldConfig) -> bool:
+    return existing_world(out_dir, "attribute", WORLD_VERSION, _config_dict(cfg), _REQUIRED)
 
 
 def world_fingerprint(root: str | os.PathLike[str], files: list[str]) -> str:

@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 
 from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, cache_root, short_hash
-from unseen.shapes.attribute_world import WorldExistsError, world_fingerprint
+from unseen.shapes.attribute_world import existing_world, world_fingerprint
 from unseen.shapes.render import COLOURS, add_clutter, background, draw_object, finish_image, image_grid
 
 WORLD_VERSION = "compositional-world/1"
@@ -478,29 +478,7 @@ _REQUIRED = (f"{SPLIT_NAME}/train_pairs.txt", f"{SPLIT_NAME}/val_pairs.txt", f"{
 
 
 def _existing_world(out_dir: Path, cfg: CompositionalWorldConfig) -> bool:
-    """True if ``out_dir`` holds this exact, complete world; raise if it holds anything else."""
-    if not out_dir.exists():
-        return False
-    if not out_dir.is_dir():
-        raise WorldExistsError(f"{out_dir}: exists and is not a folder; refusing to overwrite it")
-    if not any(out_dir.iterdir()):
-        return False
-    meta_path = out_dir / "world.json"
-    if not meta_path.is_file():
-        raise WorldExistsError(f"{out_dir}: folder is not empty and holds no compositional world (no world.json); "
-                               "refusing to overwrite it: choose another folder or remove it")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise WorldExistsError(f"{meta_path}: unreadable world.json ({exc}); refusing to overwrite") from exc
-    if meta.get("version") != WORLD_VERSION or meta.get("config") != config_dict(cfg):
-        raise WorldExistsError(
-            f"{out_dir}: holds a different compositional world (version {meta.get('version')!r}, config "
-            f"{meta.get('config')}); refusing to overwrite it with {config_dict(cfg)}")
-    missing = [p for p in _REQUIRED if not (out_dir / p).is_file()]
-    if missing:
-        raise WorldExistsError(f"{out_dir}: incomplete compositional world (missing {', '.join(missing)}); remove it")
-    return True
+    return existing_world(out_dir, "compositional", WORLD_VERSION, config_dict(cfg), _REQUIRED)
 
 
 def export_compositional_world(out_dir: str | os.PathLike[str], cfg: CompositionalWorldConfig | None = None) -> Path:

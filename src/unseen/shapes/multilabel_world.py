@@ -56,7 +56,7 @@ import numpy as np
 from PIL import Image
 
 from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from unseen.shapes.attribute_world import WorldExistsError, world_fingerprint
+from unseen.shapes.attribute_world import existing_world, world_fingerprint
 from unseen.shapes.render import (
     COLOURS,
     add_clutter,
@@ -463,29 +463,7 @@ def image_name(split: str, i: int) -> str:
 
 
 def _existing_world(out_dir: Path, cfg: MultilabelWorldConfig) -> bool:
-    """True if ``out_dir`` holds this exact, complete world; raise if it holds anything else."""
-    if not out_dir.exists():
-        return False
-    if not out_dir.is_dir():
-        raise WorldExistsError(f"{out_dir}: exists and is not a folder; refusing to overwrite it")
-    if not any(out_dir.iterdir()):
-        return False
-    meta_path = out_dir / "world.json"
-    if not meta_path.is_file():
-        raise WorldExistsError(f"{out_dir}: folder is not empty and holds no multi-label world (no world.json); "
-                               "refusing to overwrite it: choose another folder or remove it")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise WorldExistsError(f"{meta_path}: unreadable world.json ({exc}); refusing to overwrite") from exc
-    if meta.get("version") != WORLD_VERSION or meta.get("config") != config_dict(cfg):
-        raise WorldExistsError(f"{out_dir}: holds a different multi-label world (version {meta.get('version')!r}, "
-                               f"config {meta.get('config')}); refusing to overwrite it with {config_dict(cfg)}")
-    missing = [p for p in [*_REQUIRED, *meta.get("files", [])] if not (out_dir / p).is_file()]
-    if missing:
-        raise WorldExistsError(f"{out_dir}: incomplete multi-label world (missing {', '.join(missing[:5])}); "
-                               "remove it")
-    return True
+    return existing_world(out_dir, "multi-label", WORLD_VERSION, config_dict(cfg), _REQUIRED, with_listed_files=True)
 
 
 def export_multilabel_world(out_dir: str | os.PathLike[str], cfg: MultilabelWorldConfig | None = None, *,
