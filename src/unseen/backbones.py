@@ -261,9 +261,10 @@ def _keys(keys: Iterable[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
-    """Load ``path`` into ``module`` strictly for the used parts (``fc.*`` / ``classifier.*`` ignored)."""
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(IGNORED_PREFIXES)}
+def load_weights(module: nn.Module, path: str | Path, ignore: tuple[str, ...] = IGNORED_PREFIXES) -> nn.Module:
+    """Load ``path`` into ``module`` strictly for the used parts (keys starting with ``ignore``, by default the
+    ``fc.*`` / ``classifier.*`` heads, are dropped from the file)."""
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(ignore)}
     own = module.state_dict()
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
@@ -274,7 +275,8 @@ def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
         if unexpected:
             parts.append(f"unexpected keys: {_keys(unexpected)}")
         raise WeightsError(f"{path}: does not fit backbone {type(module).__name__}: the file has {len(state)} "
-                           f"tensors (fc/classifier ignored), the backbone {len(own)}; {'; '.join(parts)}")
+                           f"tensors ({'/'.join(p.rstrip('.') for p in ignore)} ignored), the backbone {len(own)}; "
+                           f"{'; '.join(parts)}")
     bad = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if state[k].shape != own[k].shape]
     if bad:
         raise WeightsError(f"{path}: shape mismatch for {len(bad)} tensor(s): {'; '.join(bad[:5])}")

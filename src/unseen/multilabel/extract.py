@@ -38,9 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 from unseen.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    WeightsError,
     build_feature_extractor,
-    read_state_dict,
+    load_weights,
 )
 from unseen.features import provenance, state_dict_hash
 from unseen.io import DataFormatError, atomic_write_json, file_sha256
@@ -117,20 +116,6 @@ def _canonical(backbone: str) -> str:
     raise ValueError(f"unknown extraction backbone {backbone!r}; expected one of vgg19, tiny, vit or vit:<timm model>")
 
 
-def _load_timm_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Strict load of a local timm state dict; a classifier head in the file is ignored (the model has none)."""
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(("head.", "fc."))}
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise WeightsError(f"{path}: does not fit {type(model).__name__}: missing keys {missing[:8]}, unexpected keys "
-                           f"{unexpected[:8]}")
-    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if state[k].shape != own[k].shape]
-    if bad:
-        raise WeightsError(f"{path}: shape mismatch for {len(bad)} tensor(s): {'; '.join(bad[:5])}")
-    model.load_state_dict(state, strict=True)
-
-
 def build_extractor(backbone: str = "vgg19", weights: str | os.PathLike[str] | None = None, image_size: int = 224,
                     *, tiny_widths: Sequence[int] | None = None, device: str | torch.device = "cpu") -> Extractor:
     """An :class:`Extractor` (eval mode, on ``device``). ``weights``: a local file, else random initialisation."""
@@ -156,7 +141,7 @@ def build_extractor(backbone: str = "vgg19", weights: str | os.PathLike[str] | N
         except Exception as exc:  # unknown name, or a model without img_size
             raise ValueError(f"timm cannot build {model_name!r} at {image_size} px: {exc}") from exc
         if weights:
-            _load_timm_weights(module, weights)
+            load_weights(module, weights, ignore=("head.", "fc."))  # timm classifier head: not used
         cfg = getattr(module, "pretrained_cfg", {}) or {}
         mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))  # type: ignore[assignment]
         std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))  # type: ignore[assignment]

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -483,6 +484,29 @@ def _loc(idx: list[int]) -> np.ndarray:
     return a.astype(np.uint16).reshape(-1, 1)
 
 
+def write_folder_atomically(out_dir: Path, write: Callable[[Path], None], is_current: Callable[[], bool]) -> Path:
+    """Build a folder as a temporary sibling with ``write(tmp)`` and rename it to ``out_dir`` (never half-written).
+    An empty ``out_dir`` is replaced; if the rename loses to a concurrent builder whose folder ``is_current()``,
+    theirs is kept. On any error the temporary folder is removed."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        write(tmp)
+        try:
+            if out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+            os.rename(tmp, out_dir)
+        except OSError:
+            if is_current():  # built concurrently by someone else: theirs is identical
+                shutil.rmtree(tmp, ignore_errors=True)
+                return out_dir
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
 def existing_world(out_dir: Path, kind: str, version: str, config: dict[str, Any],
                    required: list[str] | tuple[str, ...], with_listed_files: bool = False) -> bool:
     """True if ``out_dir`` holds this exact, complete ``kind`` world (same ``version`` and ``config``, every
@@ -558,23 +582,7 @@ def export_attribute_world(out_dir: str | os.PathLike[str], cfg: AttributeWorldC
     if _existing_world(out_dir, cfg):
         return out_dir
     world = build_attribute_world(cfg)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        _write_world(tmp, world)
-        try:
-            if out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-            os.rename(tmp, out_dir)
-        except OSError:
-            if _existing_world(out_dir, cfg):  # built concurrently by someone else: theirs is identical
-                shutil.rmtree(tmp, ignore_errors=True)
-                return out_dir
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return write_folder_atomically(out_dir, lambda tmp: _write_world(tmp, world), lambda: _existing_world(out_dir, cfg))
 
 
 def _write_world(root: Path, world: AttributeWorld) -> None:

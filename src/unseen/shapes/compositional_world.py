@@ -36,8 +36,6 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, fields
 from itertools import product
 from pathlib import Path
@@ -48,7 +46,7 @@ import torch
 from PIL import Image
 
 from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, cache_root, short_hash
-from unseen.shapes.attribute_world import existing_world, world_fingerprint
+from unseen.shapes.attribute_world import existing_world, world_fingerprint, write_folder_atomically
 from unseen.shapes.render import COLOURS, add_clutter, background, draw_object, finish_image, image_grid
 
 WORLD_VERSION = "compositional-world/1"
@@ -493,23 +491,7 @@ def export_compositional_world(out_dir: str | os.PathLike[str], cfg: Composition
     if _existing_world(out_dir, cfg):
         return out_dir
     world = build_compositional_world(cfg)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        _write_world(tmp, world)
-        try:
-            if out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-            os.rename(tmp, out_dir)
-        except OSError:
-            if _existing_world(out_dir, cfg):  # built concurrently by someone else: theirs is identical
-                shutil.rmtree(tmp, ignore_errors=True)
-                return out_dir
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return write_folder_atomically(out_dir, lambda tmp: _write_world(tmp, world), lambda: _existing_world(out_dir, cfg))
 
 
 def cached_compositional_world(cfg: CompositionalWorldConfig | None = None, root: str | os.PathLike[str] = "") -> Path:

@@ -45,8 +45,6 @@ import logging
 import math
 import os
 import pickle
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -56,7 +54,7 @@ import numpy as np
 from PIL import Image
 
 from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from unseen.shapes.attribute_world import existing_world, world_fingerprint
+from unseen.shapes.attribute_world import existing_world, world_fingerprint, write_folder_atomically
 from unseen.shapes.render import (
     COLOURS,
     add_clutter,
@@ -481,24 +479,9 @@ def export_multilabel_world(out_dir: str | os.PathLike[str], cfg: MultilabelWorl
     if _existing_world(out_dir, cfg):
         return out_dir
     world = build_multilabel_world(cfg)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        n_workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
-        _write_world(tmp, world, n_workers)
-        try:
-            if out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-            os.rename(tmp, out_dir)
-        except OSError:
-            if _existing_world(out_dir, cfg):  # built concurrently by someone else: theirs is identical
-                shutil.rmtree(tmp, ignore_errors=True)
-                return out_dir
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    n_workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
+    return write_folder_atomically(out_dir, lambda tmp: _write_world(tmp, world, n_workers),
+                                   lambda: _existing_world(out_dir, cfg))
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
