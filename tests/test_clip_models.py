@@ -372,3 +372,28 @@ def test_registry_and_errors(clip):
         m.encode_pairs(torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="unique"):
         CSP(CSPConfig(), clip, ["red", "red"], OBJS)
+
+
+def test_hybrid_tiny_clip_stem_pooling_and_reload(tmp_path):
+    """`unseen-tiny-clip` (the embedded benchmark's CLIP): CNN patch embedding, 8x8 token grid, patch-mean pooling;
+    its weights round-trip through a safetensors file; Refiner-R runs on it."""
+    from unseen.io import save_safetensors
+
+    torch.manual_seed(0)
+    m = C.create_clip("unseen-tiny-clip")
+    assert isinstance(m.visual.conv1, C.ConvStem) and m.visual.pool_type == "avg"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        g, tokens = C.encode_image_tokens(m, x, 2)
+        assert m.visual.conv1(x).shape == (2, C.vision_width(m), 8, 8)
+        assert [t.shape for t in tokens] == [(2, 65, C.vision_width(m))] * 2
+        # pooled embedding = proj(mean over the patch tokens of ln_post(last block)), the CLS token left out
+        torch.testing.assert_close(g, m.visual.ln_post(tokens[-1])[:, 1:].mean(1) @ m.visual.proj, rtol=0, atol=1e-5)
+        torch.testing.assert_close(g, m.encode_image(x), rtol=0, atol=1e-6)
+    path = tmp_path / "tiny.safetensors"
+    save_safetensors(path, m.state_dict())
+    again = C.create_clip("unseen-tiny-clip", weights=path)
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_image(x), m.encode_image(x), rtol=0, atol=0)
+        out = Refiner(_quiet(refine_blocks=4), again, ATTRS, OBJS).eval()(x, PAIRS)
+    assert out["scores"].shape == (2, len(PAIRS))

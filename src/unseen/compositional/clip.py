@@ -79,12 +79,46 @@ def register_tiny_configs() -> None:
         _registered = True
 
 
+# Packaged architectures whose ViT patch embedding (``visual.conv1``) is a small CNN (a hybrid ViT, as in the ViT
+# paper): per stage 3x3 conv + BN + ReLU + 2x2 max-pool (one stage per halving of the patch size), then a 1x1 conv to
+# the transformer width. Same token grid as the patch embedding it replaces. Measured on the embedded compositional
+# world (objects, supervised, 200 steps): the plain ViT stays at ~13% test object accuracy, the hybrid with average
+# pooling reaches ~50% (benchmarks/RESULTS.md §7).
+CONV_STEMS: dict[str, tuple[int, ...]] = {"unseen-tiny-clip": (32, 64, 128)}
+
+
+class ConvStem(nn.Module):
+    """CNN patch embedding (see :data:`CONV_STEMS`): (B, 3, H, W) -> (B, width, H / patch, W / patch)."""
+
+    def __init__(self, width: int, patch: int, widths: Sequence[int]) -> None:
+        super().__init__()
+        if patch != 2 ** len(widths):
+            raise ValueError(f"conv stem: {len(widths)} stages halve the image {len(widths)} times, the patch is {patch}")
+        layers: list[nn.Module] = []
+        c = 3
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c = w
+        layers.append(nn.Conv2d(c, width, 1))
+        self.stem = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.stem(x)
+
+
+def _install_stem(model: nn.Module, arch: str) -> None:
+    if arch in CONV_STEMS:
+        conv1 = model.visual.conv1
+        model.visual.conv1 = ConvStem(conv1.out_channels, conv1.kernel_size[0], CONV_STEMS[arch]).to(conv1.weight.device)
+
+
 def create_clip(arch: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """An open_clip model of architecture ``arch`` with weights from ``weights`` (a local file; ``None`` = random
     init; ``"openai"``/other open_clip tags = the library's source, needs internet). Frozen, in eval mode."""
     import open_clip
 
     register_tiny_configs()
+    path = None
     if weights is not None and (Path(str(weights)).suffix or Path(str(weights)).exists()):
         path = Path(weights)
         if not path.is_file():
@@ -92,18 +126,18 @@ def create_clip(arch: str, weights: str | Path | None = None, device: str | torc
         if re.match(r"^(ViT|RN)", arch) and "quickgelu" not in arch.lower():
             log.warning("CLIP %s from the local file %s uses GELU; OpenAI weights need QuickGELU: use '%s-quickgelu' "
                         "(spec §9)", arch, path, arch)
+    root = logging.getLogger()
+    quiet = _DropNotice("No pretrained weights loaded")  # open_clip's notice: random init is asked for, or the
+    root.addFilter(quiet)  # local weights are loaded just below
+    try:
+        model = open_clip.create_model(arch, pretrained=None if path else weights, device=device)
+    finally:
+        root.removeFilter(quiet)
+    _install_stem(model, arch)
+    if path is not None:
         from unseen.backbones import load_weights
 
-        root = logging.getLogger()
-        quiet = _DropNotice("No pretrained weights loaded")  # open_clip's notice; the weights are loaded just below
-        root.addFilter(quiet)
-        try:
-            model = open_clip.create_model(arch, pretrained=None, device=device)
-        finally:
-            root.removeFilter(quiet)
         load_weights(model, path)
-    else:  # random init, or an open_clip pretrained tag (downloads: never in tests)
-        model = open_clip.create_model(arch, pretrained=weights, device=device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -314,7 +348,8 @@ def soft_vocabulary_init(clip: nn.Module, names: Sequence[str], split_underscore
 
 # --------------------------------------------------------------------------------------------- visual forward
 def encode_image_tokens(clip: nn.Module, images: Tensor, n_blocks: int) -> tuple[Tensor, list[Tensor]]:
-    """(g, tokens): g (B, D) = proj(ln_post(CLS)) (CLIP's image embedding, not normalised) and, for the last
+    """(g, tokens): g (B, D) = CLIP's image embedding, not normalised (proj(ln_post(CLS)), or the mean of the patch
+    tokens for ``pool_type='avg'`` as in ``unseen-tiny-clip``) and, for the last
     ``n_blocks`` blocks in depth order, the block outputs (B, T, W) with the CLS prefix first (T = 1 + patches),
     before ``ln_post``. ``n_blocks = 0`` skips the tokens."""
     visual = clip.visual

@@ -50,7 +50,7 @@ from unseen.shapes.compositional_world import NA, SPLIT_NAME
 
 log = logging.getLogger("unseen")
 
-PRETRAIN_VERSION = "tiny-clip-pretrain/1"
+PRETRAIN_VERSION = "tiny-clip-pretrain/2"  # 2: hybrid (CNN-stem) ViT, average pooling
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ZERO_SHOT_TEMPLATE = "a photo of {state} {object}"
