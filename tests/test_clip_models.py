@@ -143,6 +143,25 @@ def test_zeroshot_clip_logits(clip, images):
     assert list(m.state_dict()) == [] and not [p for p in m.parameters() if p.requires_grad]
 
 
+def test_logit_scale_zero_means_the_clips_own(clip, images):
+    own = float(clip.logit_scale.exp())
+    assert abs(own - 100.0) > 1  # the test CLIP's scale is not 100, so the two settings differ
+    pairs = torch.tensor([[0, 0], [1, 1]])
+    with torch.no_grad():
+        zs = {s: ZeroShotCLIP(ZeroShotCLIPConfig(logit_scale=s), clip, ATTRS, OBJS)(images, pairs)["scores"]
+              for s in (100.0, 0.0)}
+        torch.testing.assert_close(zs[0.0], zs[100.0] * own / 100)
+        cs = {s: CSP(CSPConfig(logit_scale=s), clip, ATTRS, OBJS).eval()(images, pairs)["scores"] for s in (100.0, 0.0)}
+        torch.testing.assert_close(cs[0.0], cs[100.0] * own / 100)
+    r = Refiner(_quiet(tau=0.0), clip, ATTRS, OBJS)
+    assert float(r.tau) == pytest.approx(own) and "log_tau" not in r.state_dict()
+    assert float(Refiner(_quiet(), clip, ATTRS, OBJS).tau) == pytest.approx(100.0)
+    with pytest.raises(ConfigError, match="tau"):
+        RefinerConfig(tau=-1.0)
+    with pytest.raises(ConfigError, match="logit_scale"):
+        CSPConfig(logit_scale=-1.0)
+
+
 # --------------------------------------------------------------------------------------------- CSP
 def test_csp_at_init_equals_plain_prompts(clip, images):
     m = CSP(CSPConfig(text_chunk=4), clip, ATTRS, OBJS).eval()

@@ -94,3 +94,16 @@ def test_run_config_errors(tmp_path):
         load_config(None, ["data.name=shapes", "model.name=mgmrn", "train.epoch=2"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_overrides_after_an_option_reach_the_demo(monkeypatch, capsys):
+    from unseen import runs
+    from unseen.cli import main
+
+    seen = {}
+    monkeypatch.setattr(runs, "demo", lambda setting, out, overrides: seen.update(s=setting, o=out, ov=overrides) or "")
+    assert main(["demo", "compositional", "--output-dir", "/tmp/x", "data.world={seed: 1}", "seed=2"]) == 0
+    assert seen == {"s": "compositional", "o": "/tmp/x", "ov": ["data.world={seed: 1}", "seed=2"]}
+    with pytest.raises(SystemExit):
+        main(["demo", "compositional", "--output-dir", "/tmp/x", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -69,7 +69,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse leaves `key=value` items that come after an option (`demo compositional --output-dir x seed=1`)
+    # unparsed: they are overrides too. Anything else is still an error.
+    if extra and getattr(args, "overrides", None) is not None and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # our messages at INFO; other libraries' (open_clip logs model construction at INFO) at WARNING
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("unseen").setLevel(logging.DEBUG if args.verbose else logging.INFO)

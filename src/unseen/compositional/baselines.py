@@ -28,6 +28,7 @@ from unseen.compositional.clip import (
     ImageFeatures,
     TextCache,
     bpe_ids,
+    clip_logit_scale,
     embed_dim,
     encode_in_chunks,
     encode_text,
@@ -52,6 +53,11 @@ class ClipModelConfig:
     clip_weights: str | None = None  # local weights file; None = random init; "openai" = open_clip's (online)
     text_chunk: int = 1024  # prompts per text-tower call (memory bound on C-GQA: 5,592 train / 278k OW prompts)
 
+    def _check_scale(self, key: str) -> None:
+        if getattr(self, key) < 0:
+            raise ConfigError(f"model '{self.name}'.{key}: expected a positive number (or 0 = the CLIP's own "
+                              f"exp(logit_scale)), got {getattr(self, key)}")
+
     def _check_positive(self, *keys: str) -> None:
         for key in keys:
             if getattr(self, key) <= 0:
@@ -70,11 +76,12 @@ class ZeroShotCLIPConfig(ClipModelConfig):
 
     name: str = "zeroshot_clip"
     template: str = "a photo of {attr} {obj}"  # names: lower-case, '.' -> space, '_' kept
-    logit_scale: float = 100.0  # logits = 100 * cos (OpenAI CLIP's exp(logit_scale))
+    logit_scale: float = 100.0  # logits = 100 * cos (OpenAI CLIP's exp(logit_scale)); 0 = the CLIP's own
     context_length: int = 0  # 0 = the model's own (77 OpenAI CLIP, 16 packaged tiny configs)
 
     def __post_init__(self) -> None:
-        self._check_positive("logit_scale", "text_chunk")
+        self._check_positive("text_chunk")
+        self._check_scale("logit_scale")
         if "{attr}" not in self.template or "{obj}" not in self.template:
             raise ConfigError(f"model '{self.name}'.template: expected a string with {{attr}} and {{obj}}, "
                               f"got {self.template!r}")
@@ -91,14 +98,15 @@ class CSPConfig(ClipModelConfig):
     name: str = "csp"
     prefix: str = "a photo of"  # frozen prompt context before the two soft slots
     vocab_dropout: float = 0.3  # CSP's attr_dropout (on every row of the soft vocabulary)
-    logit_scale: float = 100.0
+    logit_scale: float = 100.0  # 0 = the CLIP's own exp(logit_scale)
     context_length_train: int = 8  # prompt length while training (CSP: 8)
     context_length_eval: int = 16  # at evaluation (CSP: 16); features do not depend on it (causal mask)
     split_underscore: bool = True  # vocabulary init: 'traffic_light' -> mean of "traffic light" tokens
     text_checkpoint: bool = True  # activation checkpointing per text chunk while training
 
     def __post_init__(self) -> None:
-        self._check_positive("logit_scale", "text_chunk", "context_length_train", "context_length_eval")
+        self._check_positive("text_chunk", "context_length_train", "context_length_eval")
+        self._check_scale("logit_scale")
         self._check_unit("vocab_dropout")
 
 
@@ -125,6 +133,7 @@ class ZeroShotCLIP(FrozenClipCZSL):
                  obj_names: Sequence[str]):
         super().__init__(clip_model, attr_names, obj_names)
         self.cfg = cfg
+        self.logit_scale = clip_logit_scale(clip_model, cfg.logit_scale)
 
     def prompts(self, pairs: Tensor) -> list[str]:
         """The prompt strings of ``pairs`` (K, 2)."""
@@ -149,7 +158,7 @@ class ZeroShotCLIP(FrozenClipCZSL):
         return ImageFeatures(image=F.normalize(self.clip.encode_image(images), dim=-1))
 
     def score(self, images: Tensor | ImageFeatures, cache: TextCache) -> dict[str, Tensor]:
-        logits = _cos_logits(self._features(images).image, cache.comp, self.cfg.logit_scale)
+        logits = _cos_logits(self._features(images).image, cache.comp, self.logit_scale)
         return {"scores": logits, "logits_comp": logits}
 
     def loss(self, out: dict[str, Tensor], attr: Tensor, obj: Tensor,
@@ -170,6 +179,7 @@ class CSP(FrozenClipCZSL):
     def __init__(self, cfg: CSPConfig, clip_model: nn.Module, attr_names: Sequence[str], obj_names: Sequence[str]):
         super().__init__(clip_model, attr_names, obj_names)
         self.cfg = cfg
+        self.logit_scale = clip_logit_scale(clip_model, cfg.logit_scale)
         names = list(attr_names) + list(obj_names)
         self.vocab = nn.Parameter(soft_vocabulary_init(clip_model, names, cfg.split_underscore))
         self.vocab_dropout = nn.Dropout(cfg.vocab_dropout)
@@ -205,7 +215,7 @@ class CSP(FrozenClipCZSL):
         return ImageFeatures(image=F.normalize(image, dim=-1))
 
     def score(self, images: Tensor | ImageFeatures, cache: TextCache) -> dict[str, Tensor]:
-        logits = _cos_logits(self._features(images).image, cache.comp, self.cfg.logit_scale)
+        logits = _cos_logits(self._features(images).image, cache.comp, self.logit_scale)
         return {"scores": logits, "logits_comp": logits}
 
     def loss(self, out: dict[str, Tensor], attr: Tensor, obj: Tensor,

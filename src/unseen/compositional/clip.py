@@ -178,6 +178,12 @@ def text_width(clip: nn.Module) -> int:
     return int(clip.token_embedding.embedding_dim)
 
 
+def clip_logit_scale(clip: nn.Module, value: float = 0.0) -> float:
+    """The cosine-logit temperature: ``value`` when positive, else the CLIP's own ``exp(logit_scale)`` (100 for the
+    OpenAI weights, ~14.3 = 1 / 0.07 for the embedded benchmark's briefly pretrained tiny CLIP)."""
+    return float(value) if value > 0 else float(clip.logit_scale.detach().exp())
+
+
 def embed_dim(clip: nn.Module) -> int:
     """Joint image-text embedding dimension D (768 for ViT-L/14)."""
     return int(clip.visual.output_dim)

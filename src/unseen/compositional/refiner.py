@@ -19,7 +19,8 @@ packaged tiny configs (W = vision width, D = joint embedding dim, Wt = text widt
    (n_ctx, Wt) initialised from the embeddings of "a photo of"; prompts ``SOT C_c [a] [o] EOT``,
    ``SOT C_s [a] EOT``, ``SOT C_o [o] EOT``; vocabulary dropout 0.3; frozen text tower (custom forward: context
    length 8 at training, 16 at evaluation; EOT pooling) -> t_c (K, D), t_s (|A|, D), t_o (|O|, D).
-6. Per-branch alignment: l_k = tau v_k t_k^T, l_g = tau g t_c^T; tau = 100 fixed (``learn_tau``: learnable).
+6. Per-branch alignment: l_k = tau v_k t_k^T, l_g = tau g t_c^T; tau = 100 fixed (``learn_tau``: learnable;
+   ``tau: 0`` = the CLIP's own exp(logit_scale), which is 100 for the OpenAI weights).
 7. Loss = w_comp CE(l_c, pair) + w_global CE(l_g, pair) + w_state CE(l_s, attr) + w_obj CE(l_o, obj)
    (1 / 1 / 0.5 / 0.5).
 8. Inference: score(a, o) = beta l_g + (1 - beta) l_c + softmax(l_s)[a] softmax(l_o)[o] (beta 0.85; 0.65 UT-Zappos);
@@ -54,6 +55,7 @@ from unseen.compositional.clip import (
     ImageFeatures,
     TextCache,
     bpe_ids,
+    clip_logit_scale,
     embed_dim,
     encode_image_tokens,
     encode_in_chunks,
@@ -88,7 +90,7 @@ class RefinerConfig(ClipModelConfig):
     global_branch: bool = True
     beta: float = 0.85  # weight of the global logits in the score
     prim_score: bool = True  # add softmax(l_s)[a] * softmax(l_o)[o] to the score
-    tau: float = 100.0
+    tau: float = 100.0  # 0 = the CLIP's own exp(logit_scale) (100 for OpenAI weights)
     learn_tau: bool = False
     w_comp: float = 1.0
     w_global: float = 1.0
@@ -107,8 +109,9 @@ class RefinerConfig(ClipModelConfig):
     cmt: bool = False  # Troika cross-modal traction: not implemented
 
     def __post_init__(self) -> None:
+        self._check_scale("tau")
         self._check_positive("n_queries", "refine_blocks", "branch_heads", "branch_ff_mult", "refine_mlp_ratio",
-                             "tau", "text_chunk", "context_length_train", "context_length_eval", "adapter_dim")
+                             "text_chunk", "context_length_train", "context_length_eval", "adapter_dim")
         self._check_unit("query_dropout", "branch_dropout", "proj_dropout", "vocab_dropout")
         if self.query_pool not in ("mean", "max"):
             raise ConfigError(f"model '{self.name}'.query_pool: expected one of mean, max, got {self.query_pool!r}")
@@ -216,10 +219,11 @@ class Refiner(FrozenClipCZSL):
             ctx = emb[torch.tensor(self.ctx_ids, device=emb.device)].float()
         self.ctx = nn.ParameterDict({k: nn.Parameter(ctx.clone()) for k in BRANCHES})
 
+        log_tau = torch.tensor(math.log(clip_logit_scale(clip_model, cfg.tau)))
         if cfg.learn_tau:
-            self.log_tau = nn.Parameter(torch.tensor(math.log(cfg.tau)))
+            self.log_tau = nn.Parameter(log_tau)
         else:
-            self.register_buffer("log_tau", torch.tensor(math.log(cfg.tau)), persistent=False)
+            self.register_buffer("log_tau", log_tau, persistent=False)
 
     # ----------------------------------------------------------------------------------------- text
     @property

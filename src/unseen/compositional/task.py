@@ -420,8 +420,8 @@ DEMO_TITLE = ("embedded compositional benchmark (%): closed world (CW) and open 
 DEMO_COLUMNS = [("method", "method"), ("cw/AUC", "CW AUC"), ("cw/HM", "HM"), ("cw/S", "S"), ("cw/U", "U"),
                 ("cw/attr", "state"), ("cw/obj", "object"), ("ow/AUC", "OW AUC"), ("ow/HM", "HM "), ("ow/S", "S "),
                 ("ow/U", "U "), ("time", "time")]
-DEMO_FOOTER = ("Refiner-R = our reconstruction of Refiner (no public code); the CLIP is a small hybrid ViT pretrained on the "
-               "world's training pairs only, then frozen.")
+DEMO_FOOTER = ("Refiner-R = our reconstruction of Refiner (no public code); the CLIP is a small hybrid ViT pretrained on "
+               "clean renders of the world's training pairs only (the benchmark's images are cluttered), then frozen.")
 
 
 def demo_rows(res: dict[str, Any], elapsed: str) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,14 @@ _PATTERN_COLOURS: dict[str, tuple[float, float, float]] = {
 _SIZE_FACTOR = {"circle": 0.9, "ellipse": 1.0, "crescent": 1.05, "hexagon": 0.92, "square": 0.95, "rectangle": 1.0,
                 "bar": 1.1, "diamond": 1.0, "triangle": 1.05, "star": 1.1, "cross": 1.05, "fork": 1.05}
 
+#: How the CLIP-pretraining renders differ from the benchmark's images (``pretrain_style``): ``same`` = drawn like
+#: the benchmark; ``clean`` = centred objects with no clutter, distractor or pixel noise (catalogue-like photos, while
+#: the benchmark's images are cluttered scenes: the gap between web pretraining data and a dataset's photos).
+PRETRAIN_STYLES: dict[str, dict[str, float]] = {
+    "same": {},
+    "clean": {"clutter": 0.0, "distractor_prob": 0.0, "position_jitter": 0.0, "scale_jitter": 0.1, "pixel_noise": 0.0},
+}
+
 
 @dataclass
 class CompositionalWorldConfig:
@@ -119,7 +127,9 @@ class CompositionalWorldConfig:
     the unseen val / test pairs (disjoint), the rest the train pairs; every state and object keeps at least
     ``min_train_pairs_per_primitive`` train pairs. ``n_val_seen`` / ``n_test_seen`` train pairs also get val / test
     images. Images per pair: ``train_images``, ``val_images``, ``test_images``; ``pretrain_images`` more renders
-    per TRAIN pair for CLIP pretraining (disjoint from every benchmark image); ``n_na_images`` metadata entries
+    per TRAIN pair for CLIP pretraining (disjoint from every benchmark image), drawn in ``pretrain_style``
+    (:data:`PRETRAIN_STYLES`; default ``clean``: catalogue-like renders, while the benchmark's images are cluttered,
+    so that the frozen CLIP meets the benchmark with a domain gap, as real CLIP does); ``n_na_images`` metadata entries
     the reader must skip (half ``set='NA'``, half ``attr='NA'``).
 
     Difficulty: ``clutter`` scales the background distractors (0 = clean), ``distractor_prob`` = probability of a
@@ -141,14 +151,15 @@ class CompositionalWorldConfig:
     n_test_seen: int = 14
     min_train_pairs_per_primitive: int = 2
     train_images: int = 16
-    val_images: int = 8
-    test_images: int = 10
+    val_images: int = 16
+    test_images: int = 16
     pretrain_images: int = 24
     n_na_images: int = 4
     image_size: int = 64
     supersample: int = 2
     clutter: float = 0.6
     distractor_prob: float = 0.3
+    pretrain_style: str = "clean"
     state_confusion: float = 0.05
     pose_jitter: float = 25.0
     scale_jitter: float = 0.2
@@ -184,6 +195,8 @@ class CompositionalWorldConfig:
         for name in ("clutter", "pose_jitter", "scale_jitter", "position_jitter", "colour_jitter", "pixel_noise"):
             if float(getattr(self, name)) < 0:
                 raise bad(name, "must be >= 0")
+        if self.pretrain_style not in PRETRAIN_STYLES:
+            raise bad("pretrain_style", f"must be one of {', '.join(PRETRAIN_STYLES)}")
         if self.scale_jitter >= 0.6:
             raise bad("scale_jitter", "must be < 0.6 (objects would vanish or overflow the image)")
 
@@ -508,6 +521,7 @@ def _pairs_text(pairs: list[tuple[str, str]]) -> str:
 
 def _write_world(root: Path, world: CompositionalWorld) -> None:
     cfg = world.config
+    pre_cfg = replace(cfg, **PRETRAIN_STYLES[cfg.pretrain_style])
     images = root / "images"
     meta: list[dict[str, str]] = []
     counter: dict[str, int] = {}
@@ -517,7 +531,8 @@ def _write_world(root: Path, world: CompositionalWorld) -> None:
         counter[str(folder / name)] = k = counter.get(str(folder / name), 0) + 1
         rel = f"{name}/{k:04d}.png"
         (folder / name).mkdir(parents=True, exist_ok=True)
-        im = render_pair(state, obj, cfg, _image_rng(cfg, kind, state, obj, j), world.states, world.objects)
+        im = render_pair(state, obj, pre_cfg if kind == "pretrain" else cfg, _image_rng(cfg, kind, state, obj, j),
+                         world.states, world.objects)
         im.save(folder / rel, format="PNG")
         return rel
 
