@@ -342,9 +342,10 @@ class CompositionalRun:
         maps = a[top].reshape(len(top), side, side)
         img = np.asarray(Image.open(path).convert("RGB").resize((self.image_size,) * 2), np.float32) / 255
         a_, o_ = d.test.attr[i], d.test.obj[i]
-        report.plot_attention_maps(img, [maps], ["last refinement"], [f"query {q}" for q in top],
-                                   self.run_dir / "plots" / "query_attention.png",
-                                   title=f"Refiner-R queries on a test image of the unseen pair "
+        # one row: the image, then one column per query (the strongest-peaked ones, last refinement step)
+        report.plot_attention_maps(img, [m[None] for m in maps], [f"query {q}" for q in top],
+                                   [f"{d.attrs[a_]}\n{d.objs[o_]}"], self.run_dir / "plots" / "query_attention.png",
+                                   title=f"Refiner-R queries (last refinement) on a test image of the unseen pair "
                                          f"'{d.attrs[a_]} {d.objs[o_]}'")
 
 
