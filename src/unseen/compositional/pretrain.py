@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from unseen.compositional.clip import create_clip, get_tokenizer, prompt_name, register_tiny_configs, tokenize
+from unseen.config import to_dict
 from unseen.engine import progress
 from unseen.io import DataFormatError, cache_root, load_torch, save_safetensors, short_hash
 from unseen.shapes.compositional_world import NA, SPLIT_NAME
@@ -118,10 +119,6 @@ class CLIPPretrainConfig:
             tpl = getattr(self, name)
             if not tpl or any(not all(k in t for k in keys) for t in tpl):
                 raise bad(name, f"need at least one template, each containing {' and '.join(keys)}")
-
-
-def _config_dict(cfg: CLIPPretrainConfig) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -358,7 +355,7 @@ def pretrain_key(world_root: str | os.PathLike[str], cfg: CLIPPretrainConfig) ->
     fingerprint = json.loads(meta_path.read_text(encoding="utf-8")).get("fingerprint")
     if not isinstance(fingerprint, str):
         raise DataFormatError(f"{meta_path}: field 'fingerprint' missing")
-    spec = {"version": PRETRAIN_VERSION, "world": fingerprint, "config": _config_dict(cfg)}
+    spec = {"version": PRETRAIN_VERSION, "world": fingerprint, "config": to_dict(cfg)}
     return short_hash(json.dumps(spec, sort_keys=True), 16)
 
 
@@ -401,7 +398,7 @@ def pretrained_tiny_clip(world_root: str | os.PathLike[str], cfg: CLIPPretrainCo
     summary = {"first_loss": history[0]["loss"], "last_loss": history[-1]["loss"],
                "last_scale": history[-1]["scale"], "seconds": round(time.time() - t0, 1), "images": len(data.pair)}
     save_safetensors(out, model.state_dict(), metadata={
-        "key": key, "version": PRETRAIN_VERSION, "config": json.dumps(_config_dict(cfg)),
+        "key": key, "version": PRETRAIN_VERSION, "config": json.dumps(to_dict(cfg)),
         "world": str(Path(world_root).resolve()), "summary": json.dumps(summary)})
     log.info("pretrained %s in %.0f s: loss %.3f -> %.3f", cfg.arch, summary["seconds"], summary["first_loss"],
              summary["last_loss"])

@@ -110,7 +110,6 @@ def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
     from unseen.shapes.compositional_world import (
         CompositionalWorldConfig,
         cached_compositional_world,
-        config_dict,
         world_key,
     )
 
@@ -129,7 +128,7 @@ def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
         weights = str(pretrained_tiny_clip(root, pcfg))
     data = load_czsl(root)
     return Prepared(data, wcfg.image_size, _feasibility(data, "", str(root / "glove.txt")), weights,
-                    {"world": config_dict(wcfg), "pretrain": to_dict(pcfg)})
+                    {"world": to_dict(wcfg), "pretrain": to_dict(pcfg)})
 
 
 # --------------------------------------------------------------------------------------------- scoring

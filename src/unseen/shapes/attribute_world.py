@@ -29,13 +29,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from unseen.config import to_dict
 from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
 from unseen.shapes.render import (
     COLOURS,
@@ -463,10 +464,6 @@ _REQUIRED = ("att_splits.mat", "image_list.json", f"{DATASET_NAME}_attribute.npy
              "image_attributes.npy", "pretrain/pretrain_list.json", *_CLASS_LISTS)
 
 
-def _config_dict(cfg: AttributeWorldConfig) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-
-
 def _savemat_bytes(mdict: dict[str, Any]) -> bytes:
     """MATLAB v5 bytes with a fixed header text (scipy stamps the creation time, which breaks determinism)."""
     import scipy.io
@@ -538,7 +535,7 @@ def existing_world(out_dir: Path, kind: str, version: str, config: dict[str, Any
 
 
 def _existing_world(out_dir: Path, cfg: AttributeWorldConfig) -> bool:
-    return existing_world(out_dir, "attribute", WORLD_VERSION, _config_dict(cfg), _REQUIRED)
+    return existing_world(out_dir, "attribute", WORLD_VERSION, to_dict(cfg), _REQUIRED)
 
 
 def world_fingerprint(root: str | os.PathLike[str], files: list[str]) -> str:
@@ -692,7 +689,7 @@ def _write_world(root: Path, world: AttributeWorld) -> None:
     atomic_write_json(root / "world.json", {
         "version": WORLD_VERSION,
         "dataset": DATASET_NAME,
-        "config": _config_dict(cfg),
+        "config": to_dict(cfg),
         "fingerprint": fingerprint,
         "counts": {
             "classes": C, "seen": len(world.seen), "unseen": len(world.unseen), "train_classes": len(world.train),
@@ -711,12 +708,3 @@ def _write_world(root: Path, world: AttributeWorld) -> None:
 def load_world_meta(root: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``world.json`` of an exported world (config, class descriptions, counts, fingerprint)."""
     return json.loads((Path(root) / "world.json").read_text(encoding="utf-8"))
-
-
-def config_from_dict(d: dict[str, Any]) -> AttributeWorldConfig:
-    """Rebuild the config recorded in ``world.json`` (unknown keys are an error)."""
-    valid = {f.name for f in fields(AttributeWorldConfig)}
-    unknown = set(d) - valid
-    if unknown:
-        raise ValueError(f"unknown AttributeWorldConfig keys {sorted(unknown)}; valid: {sorted(valid)}")
-    return AttributeWorldConfig(**d)

@@ -36,7 +36,7 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unseen.config import to_dict
 from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, cache_root, short_hash
 from unseen.shapes.attribute_world import existing_world, world_fingerprint, write_folder_atomically
 from unseen.shapes.render import COLOURS, add_clutter, background, draw_object, finish_image, image_grid
@@ -201,23 +202,9 @@ class CompositionalWorldConfig:
             raise bad("scale_jitter", "must be < 0.6 (objects would vanish or overflow the image)")
 
 
-def config_dict(cfg: CompositionalWorldConfig) -> dict[str, Any]:
-    """The config as a plain dict (what ``world.json`` records)."""
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-
-
-def config_from_dict(d: dict[str, Any]) -> CompositionalWorldConfig:
-    """Rebuild the config recorded in ``world.json`` (unknown keys are an error)."""
-    valid = {f.name for f in fields(CompositionalWorldConfig)}
-    unknown = set(d) - valid
-    if unknown:
-        raise ValueError(f"unknown CompositionalWorldConfig keys {sorted(unknown)}; valid: {sorted(valid)}")
-    return CompositionalWorldConfig(**d)
-
-
 def world_key(cfg: CompositionalWorldConfig) -> str:
     """Short hash of (version, config): the cache folder name of this world."""
-    return short_hash(json.dumps({"version": WORLD_VERSION, "config": config_dict(cfg)}, sort_keys=True))
+    return short_hash(json.dumps({"version": WORLD_VERSION, "config": to_dict(cfg)}, sort_keys=True))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -489,7 +476,7 @@ _REQUIRED = (f"{SPLIT_NAME}/train_pairs.txt", f"{SPLIT_NAME}/val_pairs.txt", f"{
 
 
 def _existing_world(out_dir: Path, cfg: CompositionalWorldConfig) -> bool:
-    return existing_world(out_dir, "compositional", WORLD_VERSION, config_dict(cfg), _REQUIRED)
+    return existing_world(out_dir, "compositional", WORLD_VERSION, to_dict(cfg), _REQUIRED)
 
 
 def export_compositional_world(out_dir: str | os.PathLike[str], cfg: CompositionalWorldConfig | None = None) -> Path:
@@ -584,7 +571,7 @@ def _write_world(root: Path, world: CompositionalWorld) -> None:
         "dataset": DATASET_NAME,
         "split": SPLIT_NAME,
         "seed": cfg.seed,
-        "config": config_dict(cfg),
+        "config": to_dict(cfg),
         "fingerprint": world_fingerprint(root, written),
         "states": [{"name": s, "family": state_family(s)} for s in world.states],
         "objects": [{"name": o, "family": object_family(o)} for o in world.objects],

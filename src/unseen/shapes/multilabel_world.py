@@ -46,14 +46,15 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from unseen.config import build_dataclass, to_dict
+from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, safe_pickle_load
 from unseen.shapes.attribute_world import existing_world, world_fingerprint, write_folder_atomically
 from unseen.shapes.render import (
     COLOURS,
@@ -174,19 +175,6 @@ class MultilabelWorldConfig:
         for name in ("spacing", "frequency_skew", "clutter", "colour_jitter", "pixel_noise", "semantic_noise"):
             if float(getattr(self, name)) < 0:
                 raise bad(name, "must be >= 0")
-
-
-def config_dict(cfg: MultilabelWorldConfig) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-
-
-def config_from_dict(d: dict[str, Any]) -> MultilabelWorldConfig:
-    """Rebuild a config recorded in ``world.json`` (unknown keys are an error)."""
-    valid = {f.name for f in fields(MultilabelWorldConfig)}
-    unknown = set(d) - valid
-    if unknown:
-        raise ValueError(f"unknown MultilabelWorldConfig keys {sorted(unknown)}; valid: {sorted(valid)}")
-    return MultilabelWorldConfig(**d)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -461,7 +449,7 @@ def image_name(split: str, i: int) -> str:
 
 
 def _existing_world(out_dir: Path, cfg: MultilabelWorldConfig) -> bool:
-    return existing_world(out_dir, "multi-label", WORLD_VERSION, config_dict(cfg), _REQUIRED, with_listed_files=True)
+    return existing_world(out_dir, "multi-label", WORLD_VERSION, to_dict(cfg), _REQUIRED, with_listed_files=True)
 
 
 def export_multilabel_world(out_dir: str | os.PathLike[str], cfg: MultilabelWorldConfig | None = None, *,
@@ -569,7 +557,7 @@ def _write_world(root: Path, world: MultilabelWorld, workers: int = 1) -> None:
     meta = {
         "version": WORLD_VERSION,
         "dataset": DATASET_NAME,
-        "config": config_dict(cfg),
+        "config": to_dict(cfg),
         "seed": cfg.seed,
         "counts": {
             "labels": world.n_labels, "seen": ns, "unseen": len(world.unseen), "tags": len(world.taglist),
@@ -689,8 +677,8 @@ def train_seen_extractor(world_root: str | os.PathLike[str], ecfg: SeenExtractor
 
     root = Path(world_root)
     meta = load_world_meta(root)
-    cfg = config_from_dict(meta["config"])
-    names = pickle.loads((root / TRAIN_NAMES_FILE).read_bytes())["img_names"]
+    cfg = build_dataclass(MultilabelWorldConfig, meta["config"], f"{root / 'world.json'}: config")
+    names = safe_pickle_load(root / TRAIN_NAMES_FILE)["img_names"]
     labels = np.load(root / "train_labels.npy")
     n_fit = int(round(len(names) * (1.0 - cfg.val_fraction)))
     t0 = time.perf_counter()
@@ -757,7 +745,7 @@ def default_world_root(cfg: MultilabelWorldConfig | None = None) -> Path:
     from unseen.io import cache_root, short_hash
 
     cfg = cfg or MultilabelWorldConfig()
-    key = json.dumps({"version": WORLD_VERSION, **config_dict(cfg)}, sort_keys=True)
+    key = json.dumps({"version": WORLD_VERSION, **to_dict(cfg)}, sort_keys=True)
     return cache_root() / f"shapes-multilabel-{short_hash(key)}"
 
 
@@ -841,8 +829,8 @@ def prepare_multilabel_world(cfg: MultilabelWorldConfig | None = None, root: str
         timings["extractor"] = time.perf_counter() - t
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     ns = meta["counts"]["seen"]
-    train_names = pickle.loads((root / TRAIN_NAMES_FILE).read_bytes())["img_names"]
-    test_names = pickle.loads((root / TEST_NAMES_FILE).read_bytes())
+    train_names = safe_pickle_load(root / TRAIN_NAMES_FILE)["img_names"]
+    test_names = safe_pickle_load(root / TEST_NAMES_FILE)
     train_labels = np.load(root / "train_labels.npy")
     test_labels = np.load(root / "test_labels.npy")
     ext = None
