@@ -75,8 +75,14 @@ def make_problem(n: int, seen_frac: float, seed: int) -> dict:
     return {"pairs": pairs_cw, "seen": seen, "eval": evm, "y": y, "ow_cw": ow_cw}
 
 
-def logits(rng: np.random.Generator, n: int, cols: np.ndarray, seen_col: np.ndarray, y_local: np.ndarray,
-           y_seen: np.ndarray) -> np.ndarray:
+def logits(
+    rng: np.random.Generator,
+    n: int,
+    cols: np.ndarray,
+    seen_col: np.ndarray,
+    y_local: np.ndarray,
+    y_seen: np.ndarray,
+) -> np.ndarray:
     """``100 * cos`` in float16, upcast: a block of scores for ``len(cols)`` columns. ``y_local[i]`` = position of
     row i's GT column in the block or -1."""
     x = rng.standard_normal((n, cols.size), dtype=np.float32)
@@ -92,8 +98,9 @@ def logits(rng: np.random.Generator, n: int, cols: np.ndarray, seen_col: np.ndar
 # --------------------------------------------------------------------------------------------- evaluators
 
 
-def reference_evaluate(S: torch.Tensor, pairs: np.ndarray, seen_mask: np.ndarray, eval_mask: np.ndarray,
-                       gt_pair: np.ndarray) -> dict:
+def reference_evaluate(
+    S: torch.Tensor, pairs: np.ndarray, seen_mask: np.ndarray, eval_mask: np.ndarray, gt_pair: np.ndarray
+) -> dict:
     """The reference algorithm (spec section 5), dense, float32, argmax recomputed per bias."""
     n = S.shape[0]
     pairs_t = torch.from_numpy(pairs)
@@ -136,12 +143,21 @@ def reference_evaluate(S: torch.Tensor, pairs: np.ndarray, seen_mask: np.ndarray
     unbiased = S.clone()
     unbiased[~evm.repeat(n, 1)] = -1e10
     a0, o0, _ = process(unbiased.argmax(dim=1))
-    return _summary(np.trapezoid(seen_acc, unseen_acc), hm, seen_acc, unseen_acc,
-                    [float(b) for b in biaslist] + [1e3], i, mean(a0), mean(o0))
+    return _summary(
+        np.trapezoid(seen_acc, unseen_acc),
+        hm,
+        seen_acc,
+        unseen_acc,
+        [float(b) for b in biaslist] + [1e3],
+        i,
+        mean(a0),
+        mean(o0),
+    )
 
 
-def dense_vectorised(S: np.ndarray, pairs: np.ndarray, seen_mask: np.ndarray, eval_mask: np.ndarray,
-                     gt_pair: np.ndarray) -> dict:
+def dense_vectorised(
+    S: np.ndarray, pairs: np.ndarray, seen_mask: np.ndarray, eval_mask: np.ndarray, gt_pair: np.ndarray
+) -> dict:
     """The same algorithm with one masked copy and one add + argmax per bias (float32 throughout)."""
     n = S.shape[0]
     y = gt_pair
@@ -175,21 +191,54 @@ def dense_vectorised(S: np.ndarray, pairs: np.ndarray, seen_mask: np.ndarray, ev
     i = int(np.argmax(hm))
     p0 = np.argmax(masked, 1)
     every = np.ones(n, bool)
-    return _summary(np.trapezoid(sa, ua), hm, sa, ua, [float(b) for b in biaslist] + [1e3], i,
-                    mean(pairs[p0, 0] == pairs[y, 0], every), mean(pairs[p0, 1] == pairs[y, 1], every))
+    return _summary(
+        np.trapezoid(sa, ua),
+        hm,
+        sa,
+        ua,
+        [float(b) for b in biaslist] + [1e3],
+        i,
+        mean(pairs[p0, 0] == pairs[y, 0], every),
+        mean(pairs[p0, 1] == pairs[y, 1], every),
+    )
 
 
 def _summary(auc, hm, sa, ua, biases, i, attr, obj) -> dict:
-    return {"auc": float(auc), "best_hm": float(hm[i]), "best_seen": float(sa.max()), "best_unseen": float(ua.max()),
-            "hm_seen": float(sa[i]), "hm_unseen": float(ua[i]), "best_hm_bias": float(biases[i]),
-            "attr_acc": attr, "obj_acc": obj, "biases": biases, "seen_curve": sa.tolist(),
-            "unseen_curve": ua.tolist()}
+    return {
+        "auc": float(auc),
+        "best_hm": float(hm[i]),
+        "best_seen": float(sa.max()),
+        "best_unseen": float(ua.max()),
+        "hm_seen": float(sa[i]),
+        "hm_unseen": float(ua[i]),
+        "best_hm_bias": float(biases[i]),
+        "attr_acc": attr,
+        "obj_acc": obj,
+        "biases": biases,
+        "seen_curve": sa.tolist(),
+        "unseen_curve": ua.tolist(),
+    }
 
 
 def streaming_summary(res) -> dict:
     d = res.to_dict()
-    return {k: d[k] for k in ("auc", "best_hm", "best_seen", "best_unseen", "hm_seen", "hm_unseen", "best_hm_bias",
-                              "attr_acc", "obj_acc", "biases", "seen_curve", "unseen_curve")}
+    return {
+        k: d[k]
+        for k in (
+            "auc",
+            "best_hm",
+            "best_seen",
+            "best_unseen",
+            "hm_seen",
+            "hm_unseen",
+            "best_hm_bias",
+            "attr_acc",
+            "obj_acc",
+            "biases",
+            "seen_curve",
+            "unseen_curve",
+        )
+    }
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -240,18 +289,25 @@ def closed_world(args: argparse.Namespace) -> dict:
     tied_rows = int(((masked == top).sum(1) > 1).sum())
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
-        "N": n, "P": p, "eval_columns": int(prob["eval"].sum()), "seen_columns": int(prob["seen"].sum()),
-        "seen_samples": int(prob["seen"][prob["y"]].sum()), "rows_with_tied_top": tied_rows,
+        "N": n,
+        "P": p,
+        "eval_columns": int(prob["eval"].sum()),
+        "seen_columns": int(prob["seen"].sum()),
+        "seen_samples": int(prob["seen"][prob["y"]].sum()),
+        "rows_with_tied_top": tied_rows,
         "median_s": {k: round(v, 4) for k, v in med.items()},
         "all_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
         "speedup_vs_reference": round(med["reference"] / med["streaming"], 1),
         "speedup_vs_dense_vectorised": round(med["dense_vectorised"] / med["streaming"], 1),
-        "peak_extra_MB": peaks, "score_matrix_MB": round(S.nbytes / 2**20, 1),
+        "peak_extra_MB": peaks,
+        "score_matrix_MB": round(S.nbytes / 2**20, 1),
         "identical_reference": out["streaming"] == out["reference"],
         "identical_dense_vectorised": out["streaming"] == out["dense_vectorised"],
         "n_ambiguous": full.n_ambiguous,
-        "result_x100": {k: round(100 * getattr(full, k), 2) for k in
-                        ("auc", "best_hm", "best_seen", "best_unseen", "attr_acc", "obj_acc")},
+        "result_x100": {
+            k: round(100 * getattr(full, k), 2)
+            for k in ("auc", "best_hm", "best_seen", "best_unseen", "attr_acc", "obj_acc")
+        },
         "n_points": len(full.biases),
     }
 
@@ -274,7 +330,9 @@ def open_world(args: argparse.Namespace) -> dict:
     y = pos_cw[prob["y"]]
     rng = np.random.default_rng(args.seed + 2)
     f = rng.uniform(-0.135, 0.779, p_ow)  # C-GQA feasibility range (spec 7)
-    f[pos_cw[~prob["seen"]]] = rng.uniform(0.2, 0.779, int((~prob["seen"]).sum()))  # real unseen pairs: plausible
+    f[pos_cw[~prob["seen"]]] = rng.uniform(
+        0.2, 0.779, int((~prob["seen"]).sum())
+    )  # real unseen pairs: plausible
     f[seen] = 0.0
     keep = open_world_keep_mask(seen, f, args.ow_threshold)
     y_seen = seen[y]
@@ -287,8 +345,13 @@ def open_world(args: argparse.Namespace) -> dict:
             loc = np.where((loc >= 0) & (loc < b - a), loc, -1)
             yield slice(a, b), logits(g, n, np.arange(a, b), seen[a:b], loc, y_seen)
 
-    out = {"N": n, "P": p_ow, "chunk": [n, args.chunk_cols], "kept_columns": int(keep.sum()),
-           "seen_columns": int(seen.sum())}
+    out = {
+        "N": n,
+        "P": p_ow,
+        "chunk": [n, args.chunk_cols],
+        "kept_columns": int(keep.sum()),
+        "seen_columns": int(seen.sum()),
+    }
     chunk_mb = n * args.chunk_cols * 4 / 2**20
     out["score_block_MB"] = round(chunk_mb, 1)
     # generation alone
@@ -297,7 +360,11 @@ def open_world(args: argparse.Namespace) -> dict:
         pass
     out["generate_only_s"] = round(time.perf_counter() - t0, 2)
     for name in ("exact_evaluator", "threshold_search"):
-        ev = StreamingEvaluator(pairs, seen, keep, y) if name == "exact_evaluator" else ThresholdSearch(pairs, seen, f, y)
+        ev = (
+            StreamingEvaluator(pairs, seen, keep, y)
+            if name == "exact_evaluator"
+            else ThresholdSearch(pairs, seen, f, y)
+        )
         tracemalloc.start()
         extra_peak = 0
         t_upd = 0.0
@@ -315,17 +382,35 @@ def open_world(args: argparse.Namespace) -> dict:
         t_res = time.perf_counter() - t1
         total = time.perf_counter() - t0
         tracemalloc.stop()
-        state_mb = sum(a.nbytes for a in vars(ev).values() if isinstance(a, np.ndarray) and a.ndim >= 1
-                       and a.shape[0] == n) / 2**20
-        entry = {"total_with_generation_s": round(total, 2), "update_s": round(t_upd, 2),
-                 "result_s": round(t_res, 3), "evaluator_s": round(t_upd + t_res, 2),
-                 "extra_peak_beyond_block_MB": round(extra_peak / 2**20, 1), "state_MB": round(state_mb, 2)}
+        state_mb = (
+            sum(
+                a.nbytes
+                for a in vars(ev).values()
+                if isinstance(a, np.ndarray) and a.ndim >= 1 and a.shape[0] == n
+            )
+            / 2**20
+        )
+        entry = {
+            "total_with_generation_s": round(total, 2),
+            "update_s": round(t_upd, 2),
+            "result_s": round(t_res, 3),
+            "evaluator_s": round(t_upd + t_res, 2),
+            "extra_peak_beyond_block_MB": round(extra_peak / 2**20, 1),
+            "state_MB": round(state_mb, 2),
+        }
         if name == "exact_evaluator":
-            entry.update(n_ambiguous=res.n_ambiguous, auc_x100=round(100 * res.auc, 3),
-                         best_hm_x100=round(100 * res.best_hm, 2), best_unseen_x100=round(100 * res.best_unseen, 2))
+            entry.update(
+                n_ambiguous=res.n_ambiguous,
+                auc_x100=round(100 * res.auc, 3),
+                best_hm_x100=round(100 * res.best_hm, 2),
+                best_unseen_x100=round(100 * res.best_unseen, 2),
+            )
         else:
-            entry.update(best_threshold=res.threshold, best_val_auc_x100=round(100 * res.best_auc, 3),
-                         n_thresholds=len(res.thresholds))
+            entry.update(
+                best_threshold=res.threshold,
+                best_val_auc_x100=round(100 * res.best_auc, 3),
+                n_thresholds=len(res.thresholds),
+            )
         out[name] = entry
     out["process_peak_rss_MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)
     return out
@@ -343,8 +428,13 @@ def main() -> None:
     ap.add_argument("--skip-cw", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    info = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "cpu_threads": torch.get_num_threads(), "machine": platform.machine()}
+    info = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
     print(json.dumps({"env": info}), flush=True)
     if not args.skip_cw:
         print(json.dumps({"closed_world": closed_world(args)}, indent=1), flush=True)

@@ -33,14 +33,20 @@ from unseen.features import FeatureCache, PackedMaps, extract, provenance
 
 
 def make_model(args: argparse.Namespace, step_mode: str, n_attr: int) -> MgMRN:
-    cfg = MgMRNConfig(backbone=args.backbone, width=args.width, model_dim=args.model_dim, step_mode=step_mode,
-                      tiny_widths=[32, 64, 128])
+    cfg = MgMRNConfig(
+        backbone=args.backbone,
+        width=args.width,
+        model_dim=args.model_dim,
+        step_mode=step_mode,
+        tiny_widths=[32, 64, 128],
+    )
     torch.manual_seed(0)
     return MgMRN(cfg, attribute_embeddings=torch.randn(n_attr, 300))
 
 
-def release_step(model: MgMRN, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, attrs: torch.Tensor,
-                 amp: bool) -> None:
+def release_step(
+    model: MgMRN, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, attrs: torch.Tensor, amp: bool
+) -> None:
     """The release literally: per level a FULL forward (all levels, all graphs), the loss of that level, a step."""
     for i, lv in enumerate(model.levels):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -51,8 +57,15 @@ def release_step(model: MgMRN, opt: torch.optim.Optimizer, x: torch.Tensor, y: t
         opt.step()
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, attrs: torch.Tensor,
-               amp: bool, release: bool = False) -> None:
+def train_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attrs: torch.Tensor,
+    amp: bool,
+    release: bool = False,
+) -> None:
     if release:
         return release_step(model, opt, x, y, attrs, amp)  # type: ignore[arg-type]
     for sub in model.train_substeps():
@@ -93,8 +106,10 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict:
             train_step(m, o, x, y, attrs, amp, release=mode == "release")
             sync(device)
             times[mode].append(time.perf_counter() - t0)
-    out = {mode: {"median_s": statistics.median(t), "images_per_s": args.batch / statistics.median(t)}
-           for mode, t in times.items()}
+    out = {
+        mode: {"median_s": statistics.median(t), "images_per_s": args.batch / statistics.median(t)}
+        for mode, t in times.items()
+    }
     out["ratio_joint_over_release"] = out["joint"]["images_per_s"] / out["release"]["images_per_s"]
     out["ratio_joint_over_sequential"] = out["joint"]["images_per_s"] / out["sequential"]["images_per_s"]
     return out
@@ -124,17 +139,24 @@ def bench_epoch(args: argparse.Namespace, device: torch.device) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache(Path(tmp) / "maps")
         t0 = time.perf_counter()
-        feats, meta = cache.load_or_build(provenance(args.backbone, backbone, "bench", [str(i) for i in range(n)]),
-                                          lambda: extract(backbone, TensorDataset(images, labels), args.batch, device))
+        feats, meta = cache.load_or_build(
+            provenance(args.backbone, backbone, "bench", [str(i) for i in range(n)]),
+            lambda: extract(backbone, TensorDataset(images, labels), args.batch, device),
+        )
         build_s = time.perf_counter() - t0
         frozen.backbone = PackedMaps(meta["shapes"], backbone.out_channels)
         frozen.train()
         cached_ds = TensorDataset(torch.from_numpy(feats), labels)
         e2e_t = [run_epoch(e2e, TensorDataset(images, labels)) for _ in range(args.epoch_repeats)]
         cached_t = [run_epoch(frozen, cached_ds) for _ in range(args.epoch_repeats)]
-    return {"images": n, "end_to_end_epoch_s": statistics.median(e2e_t), "cached_epoch_s": statistics.median(cached_t),
-            "cache_build_s": build_s, "cache_mb": feats.nbytes / 2**20,
-            "speedup": statistics.median(e2e_t) / statistics.median(cached_t)}
+    return {
+        "images": n,
+        "end_to_end_epoch_s": statistics.median(e2e_t),
+        "cached_epoch_s": statistics.median(cached_t),
+        "cache_build_s": build_s,
+        "cache_mb": feats.nbytes / 2**20,
+        "speedup": statistics.median(e2e_t) / statistics.median(cached_t),
+    }
 
 
 def main() -> None:
@@ -157,22 +179,37 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    res = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "args": vars(args)}
+    res = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "args": vars(args),
+    }
     res["steps"] = bench_steps(args, device)
     s = res["steps"]
-    for mode, label in (("joint", "joint (default)"), ("release", "three-pass, as released"),
-                        ("sequential", "three-pass, pruned")):
-        print(f"step  {label:24s} {s[mode]['images_per_s']:8.2f} img/s  (median {s[mode]['median_s']:.3f} s/step)")
-    print(f"ratio joint / released three-pass: {s['ratio_joint_over_release']:.2f}x;"
-          f" joint / pruned three-pass: {s['ratio_joint_over_sequential']:.2f}x")
+    for mode, label in (
+        ("joint", "joint (default)"),
+        ("release", "three-pass, as released"),
+        ("sequential", "three-pass, pruned"),
+    ):
+        print(
+            f"step  {label:24s} {s[mode]['images_per_s']:8.2f} img/s  (median {s[mode]['median_s']:.3f} s/step)"
+        )
+    print(
+        f"ratio joint / released three-pass: {s['ratio_joint_over_release']:.2f}x;"
+        f" joint / pruned three-pass: {s['ratio_joint_over_sequential']:.2f}x"
+    )
     if not args.skip_epoch:
         e = res["epoch"] = bench_epoch(args, device)
-        print(f"epoch over {e['images']} images: end-to-end {e['end_to_end_epoch_s']:.2f} s, cached {e['cached_epoch_s']:.2f} s "
-              f"({e['speedup']:.1f}x; one-off cache build {e['cache_build_s']:.2f} s, {e['cache_mb']:.0f} MB)")
+        print(
+            f"epoch over {e['images']} images: end-to-end {e['end_to_end_epoch_s']:.2f} s, cached {e['cached_epoch_s']:.2f} s "
+            f"({e['speedup']:.1f}x; one-off cache build {e['cache_build_s']:.2f} s, {e['cache_mb']:.0f} MB)"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2, default=lambda o: o if not isinstance(o, np.generic) else o.item()))
+        Path(args.json).write_text(
+            json.dumps(res, indent=2, default=lambda o: o if not isinstance(o, np.generic) else o.item())
+        )
 
 
 if __name__ == "__main__":

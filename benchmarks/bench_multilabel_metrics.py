@@ -50,12 +50,14 @@ from sklearn.metrics import average_precision_score
 from unseen.multilabel.metrics import evaluate_multilabel, precision_recall_f1_at_k
 
 
-def make_data(n: int, c: int, n_unseen: int, n_annot_seen: int, seed: int,
-              tie_rows: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def make_data(
+    n: int, c: int, n_unseen: int, n_annot_seen: int, seed: int, tie_rows: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     n_seen = c - n_unseen
-    annotated = np.concatenate([np.sort(rng.choice(n_seen, size=min(n_annot_seen, n_seen), replace=False)),
-                                np.arange(n_seen, c)])
+    annotated = np.concatenate(
+        [np.sort(rng.choice(n_seen, size=min(n_annot_seen, n_seen), replace=False)), np.arange(n_seen, c)]
+    )
     w = 1.0 / np.arange(1, annotated.size + 1) ** 0.8  # Zipf-like class frequencies
     w[annotated >= n_seen] *= 3.0  # unseen classes somewhat frequent (ZSL has enough images)
     w = rng.permutation(w)
@@ -75,7 +77,7 @@ def make_data(n: int, c: int, n_unseen: int, n_annot_seen: int, seed: int,
         scores[r0:r1] += labels[r0:r1] == 1
     tied = np.flatnonzero(rng.random(n) < tie_rows)
     for i in range(0, tied.size, 4096):
-        r = tied[i:i + 4096]
+        r = tied[i : i + 4096]
         scores[r] = torch.from_numpy(scores[r]).bfloat16().float().numpy()  # bf16 precision: ties
     return scores, labels
 
@@ -87,7 +89,7 @@ def tie_stats(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...]) -> di
     keep = np.flatnonzero(keep_mask)
     amb = dict.fromkeys(ks, 0)
     for i in range(0, keep.size, 2048):
-        part = torch.topk(torch.from_numpy(scores[keep[i:i + 2048]]), max(ks) + 1, dim=1).values.numpy()
+        part = torch.topk(torch.from_numpy(scores[keep[i : i + 2048]]), max(ks) + 1, dim=1).values.numpy()
         for k in ks:
             if k < scores.shape[1]:
                 amb[k] += int(np.count_nonzero(part[:, k - 1] == part[:, k]))
@@ -102,7 +104,9 @@ def tie_stats(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...]) -> di
     same[1:] |= dup
     same[:-1] |= dup
     return {f"kept_images_tied_at_K{k}": n for k, n in amb.items()} | {
-        "ap_positives_in_a_tie": int(np.count_nonzero(same & p)), "ap_positives": int(np.count_nonzero(p))}
+        "ap_positives_in_a_tie": int(np.count_nonzero(same & p)),
+        "ap_positives": int(np.count_nonzero(p)),
+    }
 
 
 def _rss_kb(field: str) -> int:
@@ -169,13 +173,17 @@ def bench(name: str, scores: np.ndarray, labels: np.ndarray, args: argparse.Name
             cpu.append(time.process_time() - c0)
         fast_runs[th] = (statistics.median(times), statistics.median(cpu), times)
     peak_mb, peak_how = peak_extra_memory_mb(
-        lambda: evaluate_multilabel(scores, labels, ks=ks, image_filter="has_positive"))
+        lambda: evaluate_multilabel(scores, labels, ks=ks, image_filter="has_positive")
+    )
 
     # reference AP (per label)
     C = scores.shape[1]
     keep = (labels == 1).any(axis=1)
-    cols = np.arange(C) if not args.ref_labels or args.ref_labels >= C else \
-        np.unique(np.linspace(0, C - 1, args.ref_labels).round().astype(np.int64))
+    cols = (
+        np.arange(C)
+        if not args.ref_labels or args.ref_labels >= C
+        else np.unique(np.linspace(0, C - 1, args.ref_labels).round().astype(np.int64))
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     ref_ap = reference_ap(scores, labels, keep, cols)
     t_ap, c_ap = time.perf_counter() - t0, time.process_time() - c0
@@ -201,22 +209,39 @@ def bench(name: str, scores: np.ndarray, labels: np.ndarray, args: argparse.Name
 
     t_ref = t_ap_all + t_prf_all
     return {
-        "space": name, "N": int(scores.shape[0]), "C": int(C), "n_images_kept": res["n_images"],
+        "space": name,
+        "N": int(scores.shape[0]),
+        "C": int(C),
+        "n_images_kept": res["n_images"],
         "result": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in res.items()},
-        "fast": [{"torch_threads": th, "s_median": round(t, 3), "s_all": [round(x, 3) for x in ts],
-                  "cpu_s_median": round(c, 3), "speedup_est": round(t_ref / t, 1),
-                  "speedup_cpu_time_est": round(c_ref_all / c, 1)} for th, (t, c, ts) in fast_runs.items()],
-        "fast_peak_extra_MB": round(peak_mb, 1), "peak_measured_as": peak_how,
+        "fast": [
+            {
+                "torch_threads": th,
+                "s_median": round(t, 3),
+                "s_all": [round(x, 3) for x in ts],
+                "cpu_s_median": round(c, 3),
+                "speedup_est": round(t_ref / t, 1),
+                "speedup_cpu_time_est": round(c_ref_all / c, 1),
+            }
+            for th, (t, c, ts) in fast_runs.items()
+        ],
+        "fast_peak_extra_MB": round(peak_mb, 1),
+        "peak_measured_as": peak_how,
         "ref_ap_labels_timed": int(cols.size),
-        "ref_ap_s": round(t_ap, 2), "ref_ap_s_all_labels": round(t_ap_all, 2),
+        "ref_ap_s": round(t_ap, 2),
+        "ref_ap_s_all_labels": round(t_ap_all, 2),
         "ref_ap_extrapolated": bool(cols.size < C),
         "ref_mAP": None if ref_map is None else round(ref_map, 6),
         "mAP_abs_diff": None if ref_map is None else abs(ref_map - res["mAP"]),
-        "ap_max_abs_diff": ap_diff, "ap_identical_1e-9": ap_ok,
-        "ref_prf_rows_timed": int(sub.size), "ref_prf_s": round(t_prf, 2),
-        "ref_prf_s_all_rows": round(t_prf_all, 2), "ref_prf_extrapolated": bool(sub.size < kept.size),
+        "ap_max_abs_diff": ap_diff,
+        "ap_identical_1e-9": ap_ok,
+        "ref_prf_rows_timed": int(sub.size),
+        "ref_prf_s": round(t_prf, 2),
+        "ref_prf_s_all_rows": round(t_prf_all, 2),
+        "ref_prf_extrapolated": bool(sub.size < kept.size),
         "prf_identical_on_subset": prf_ok,
-        "ref_total_s_est": round(t_ref, 2), "ref_cpu_s_est": round(c_ref_all, 2),
+        "ref_total_s_est": round(t_ref, 2),
+        "ref_cpu_s_est": round(c_ref_all, 2),
         "ties": tie_stats(scores, labels, ks),
     }
 
@@ -229,13 +254,20 @@ def main() -> None:
     ap.add_argument("--annotated-seen", type=int, default=4_728)
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--ref-labels", type=int, default=0, help="labels timed in the AP reference (0 = all)")
-    ap.add_argument("--ref-rows", type=int, default=0, help="images in the per-image P/R/F1 reference (0 = all)")
+    ap.add_argument(
+        "--ref-rows", type=int, default=0, help="images in the per-image P/R/F1 reference (0 = all)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tie-rows", type=float, default=0.1, help="fraction of images with bf16-rounded scores")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-gzsl", action="store_true")
-    ap.add_argument("--threads", type=int, nargs="+", default=[0],
-                    help="torch intra-op thread counts to time the fast path with (0 = torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="torch intra-op thread counts to time the fast path with (0 = torch's default)",
+    )
     args = ap.parse_args()
     args.threads = [t or torch.get_num_threads() for t in args.threads]
 
@@ -243,21 +275,39 @@ def main() -> None:
     t0 = time.perf_counter()
     scores, labels = make_data(args.n, args.c, args.unseen, args.annotated_seen, args.seed, args.tie_rows)
     t_gen = time.perf_counter() - t0
-    print(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
-                      "numpy": np.__version__, "torch": torch.__version__,
-                      "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-                      "load_avg_1min": round(os.getloadavg()[0], 2), "N": args.n, "C": args.c, "gen_s": round(t_gen, 1),
-                      "scores_GB": round(scores.nbytes / 1e9, 2), "labels_GB": round(labels.nbytes / 1e9, 2),
-                      "nonzero_labels_per_image": round(float(np.count_nonzero(labels)) / args.n, 2)}))
-    zsl = bench("ZSL", scores[:, args.c - args.unseen:], labels[:, args.c - args.unseen:], args)
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+                "numpy": np.__version__,
+                "torch": torch.__version__,
+                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+                "load_avg_1min": round(os.getloadavg()[0], 2),
+                "N": args.n,
+                "C": args.c,
+                "gen_s": round(t_gen, 1),
+                "scores_GB": round(scores.nbytes / 1e9, 2),
+                "labels_GB": round(labels.nbytes / 1e9, 2),
+                "nonzero_labels_per_image": round(float(np.count_nonzero(labels)) / args.n, 2),
+            }
+        )
+    )
+    zsl = bench("ZSL", scores[:, args.c - args.unseen :], labels[:, args.c - args.unseen :], args)
     print(json.dumps(zsl, indent=1))
     if not args.skip_gzsl:
         gzsl = bench("GZSL", scores, labels, args)
         print(json.dumps(gzsl, indent=1))
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"process_ru_maxrss_GB": round(rss1 / 2**20, 2), "ru_maxrss_before_data_GB": round(rss0 / 2**20, 2),
-                      "load_avg_1min_end": round(os.getloadavg()[0], 2),
-                      "note": "ru_maxrss covers the whole process (data, references, fast path)"}))
+    print(
+        json.dumps(
+            {
+                "process_ru_maxrss_GB": round(rss1 / 2**20, 2),
+                "ru_maxrss_before_data_GB": round(rss0 / 2**20, 2),
+                "load_avg_1min_end": round(os.getloadavg()[0], 2),
+                "note": "ru_maxrss covers the whole process (data, references, fast path)",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

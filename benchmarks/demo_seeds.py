@@ -34,24 +34,38 @@ def main() -> None:
     t0 = time.perf_counter()
     for seed in args.seeds:
         for name in task.DEMO_METHODS:
-            cfg = load_config(runs.resolve_config_path(f"{args.setting}/{name}"),
-                              [f"seed={seed}", f"output_dir={args.output_dir}", f"name={name}-seed{seed}"])
+            cfg = load_config(
+                runs.resolve_config_path(f"{args.setting}/{name}"),
+                [f"seed={seed}", f"output_dir={args.output_dir}", f"name={name}-seed{seed}"],
+            )
             res = runs.run_config(cfg, runs.new_run_dir(cfg))
             for row in task.demo_rows(res, ""):
                 vals = out.setdefault(row["method"], {k: [] for k, _ in keys})
                 for k, _ in keys:
                     if row.get(k) is not None:
                         vals[k].append(float(row[k]))
-                print(f"seed {seed} {row['method']:14s} "
-                      + " ".join(f"{label}={100 * row[k]:.1f}" for k, label in keys if row.get(k) is not None),
-                      flush=True)
-    print(f"\n{args.setting}: mean ± std over seeds {args.seeds} (%; selection on validation), "
-          f"{time.perf_counter() - t0:.0f}s")
+                print(
+                    f"seed {seed} {row['method']:14s} "
+                    + " ".join(f"{label}={100 * row[k]:.1f}" for k, label in keys if row.get(k) is not None),
+                    flush=True,
+                )
+    print(
+        f"\n{args.setting}: mean ± std over seeds {args.seeds} (%; selection on validation), "
+        f"{time.perf_counter() - t0:.0f}s"
+    )
     print("| method | " + " | ".join(label for _, label in keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     for method, row in out.items():
-        cells = [(f"{100 * statistics.mean(v):.1f} ± {100 * statistics.stdev(v):.1f}" if len(v) > 1
-                  else f"{100 * v[0]:.1f}" if v else "") for v in row.values()]
+        cells = [
+            (
+                f"{100 * statistics.mean(v):.1f} ± {100 * statistics.stdev(v):.1f}"
+                if len(v) > 1
+                else f"{100 * v[0]:.1f}"
+                if v
+                else ""
+            )
+            for v in row.values()
+        ]
         print(f"| {method} | " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

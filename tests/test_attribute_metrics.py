@@ -108,7 +108,9 @@ def test_per_class_accuracy_equals_sklearn(seed):
     n_cls = int(rng.integers(1, 40))
     present = rng.choice(n_cls + 10, size=n_cls, replace=False)  # class ids with gaps
     y_true = rng.choice(present, size=n)
-    y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, n_cls + 15, size=n))  # incl. absent classes
+    y_pred = np.where(
+        rng.random(n) < 0.5, y_true, rng.integers(0, n_cls + 15, size=n)
+    )  # incl. absent classes
     ours = per_class_accuracy(y_true, y_pred)
     ref = sklearn_metrics.balanced_accuracy_score(y_true, y_pred)
     assert ours == ref  # same classes, same order, same mean: bit-identical
@@ -130,30 +132,35 @@ def test_per_class_accuracy_small_and_torch():
 
 def test_czsl_hand_computed_with_ties():
     unseen = np.array([1, 3, 4])
-    scores = np.array([
-        [9.0, 1.0, 0.0, 2.0, 0.5, 0.0],  # col 0 (seen) ignored -> 3
-        [0.0, 5.0, 0.0, 5.0, 5.0, 0.0],  # tie among unseen -> lowest id 1
-        [0.0, 0.0, 0.0, 1.0, 3.0, 9.0],  # -> 4
-        [0.0, 2.0, 0.0, 2.0, 1.0, 0.0],  # tie 1/3 -> 1
-    ])
+    scores = np.array(
+        [
+            [9.0, 1.0, 0.0, 2.0, 0.5, 0.0],  # col 0 (seen) ignored -> 3
+            [0.0, 5.0, 0.0, 5.0, 5.0, 0.0],  # tie among unseen -> lowest id 1
+            [0.0, 0.0, 0.0, 1.0, 3.0, 9.0],  # -> 4
+            [0.0, 2.0, 0.0, 2.0, 1.0, 0.0],  # tie 1/3 -> 1
+        ]
+    )
     labels = np.array([3, 1, 3, 3])
     # class 3: images 0 (ok), 2 (->4, wrong), 3 (->1, wrong) = 1/3; class 1: image 1 ok = 1
     assert czsl_accuracy(scores, labels, unseen) == pytest.approx((1 / 3 + 1.0) / 2)
-    assert czsl_accuracy(torch.tensor(scores, dtype=torch.float32), torch.tensor(labels), unseen) == pytest.approx(
-        (1 / 3 + 1.0) / 2)
+    assert czsl_accuracy(
+        torch.tensor(scores, dtype=torch.float32), torch.tensor(labels), unseen
+    ) == pytest.approx((1 / 3 + 1.0) / 2)
     with pytest.raises(ValueError):
         czsl_accuracy(scores, np.array([0, 1, 3, 3]), unseen)  # a seen label in CZSL
 
 
 def test_gzsl_hand_computed_ties_and_breakpoint():
     seen, unseen = np.array([0, 2]), np.array([1, 3])
-    scores = np.array([
-        # c0   c1   c2   c3
-        [2.0, 2.0, 1.0, 0.0],  # label 0: seen/unseen tie (delta 0) -> seen at gamma <= 0
-        [1.0, 0.0, 1.0, 0.5],  # label 2: seen tie 0 vs 2 -> 0 (wrong); delta 0.5
-        [0.0, 3.0, 1.0, 1.0],  # label 1: delta -2 -> unseen 1 unless gamma <= -2
-        [0.0, 1.0, 1.5, 1.0],  # label 3: unseen tie 1 vs 3 -> 1 (wrong); delta 0.5
-    ])
+    scores = np.array(
+        [
+            # c0   c1   c2   c3
+            [2.0, 2.0, 1.0, 0.0],  # label 0: seen/unseen tie (delta 0) -> seen at gamma <= 0
+            [1.0, 0.0, 1.0, 0.5],  # label 2: seen tie 0 vs 2 -> 0 (wrong); delta 0.5
+            [0.0, 3.0, 1.0, 1.0],  # label 1: delta -2 -> unseen 1 unless gamma <= -2
+            [0.0, 1.0, 1.5, 1.0],  # label 3: unseen tie 1 vs 3 -> 1 (wrong); delta 0.5
+        ]
+    )
     labels = np.array([0, 2, 1, 3])
     r = gzsl_accuracy(scores, labels, seen, unseen, 0.0)
     # S: class 0 right, class 2 wrong -> 0.5; U: class 1 right, class 3 predicted seen 2 -> wrong -> 0.5
@@ -167,8 +174,9 @@ def test_gzsl_hand_computed_ties_and_breakpoint():
     # gamma = -2 (breakpoint of image 2): everything seen -> U = 0, S = 0.5
     assert_same_result(gzsl_accuracy(scores, labels, seen, unseen, -2.0), 0.5, 0.0, 0.0)
     for g in (-2.5, -2.0, -1.0, 0.0, 1e-9, 0.25, 0.5, 0.75):
-        assert_same_result(gzsl_accuracy(scores, labels, seen, unseen, g), *ref_full_argmax(scores, labels, seen,
-                                                                                            unseen, g))
+        assert_same_result(
+            gzsl_accuracy(scores, labels, seen, unseen, g), *ref_full_argmax(scores, labels, seen, unseen, g)
+        )
 
 
 def test_h_zero_guard_and_missing_sides():
@@ -190,8 +198,14 @@ def test_seen_mask_and_input_validation():
     scores, labels, seen, unseen = make_problem(0, n=40)
     mask = np.isin(labels, seen)
     a = gzsl_accuracy(scores, labels, seen, unseen, 0.3)
-    b = gzsl_accuracy(torch.tensor(scores), torch.tensor(labels), torch.tensor(seen), list(unseen), 0.3,
-                      seen_mask=torch.tensor(mask))
+    b = gzsl_accuracy(
+        torch.tensor(scores),
+        torch.tensor(labels),
+        torch.tensor(seen),
+        list(unseen),
+        0.3,
+        seen_mask=torch.tensor(mask),
+    )
     assert a == b
     with pytest.raises(ValueError, match="neither seen nor unseen"):
         gzsl_accuracy(scores, np.full(40, 3), seen, unseen, 0.0)
@@ -227,8 +241,9 @@ def test_exact_sweep_matches_brute_force(seed, integer):
     for j in range(len(sw.gammas)):
         points = (sw.robust_gammas[j], sw.gammas[j]) if integer else (sw.robust_gammas[j],)
         for gg in points:
-            assert_same_result(GZSLResult(sw.S[j], sw.U[j], sw.H[j], 0.0),
-                               *ref_full_argmax(scores, labels, seen, unseen, gg))
+            assert_same_result(
+                GZSLResult(sw.S[j], sw.U[j], sw.H[j], 0.0), *ref_full_argmax(scores, labels, seen, unseen, gg)
+            )
     # best is the maximum over any gamma, and its robust gamma reproduces it
     dense = np.linspace(delta.min() - 1, delta.max() + 1, 301)
     brute = [gzsl_accuracy(scores, labels, seen, unseen, g).H for g in dense]
@@ -257,9 +272,19 @@ def test_exact_sweep_robust_gamma_hand_case():
 # ----------------------------------------------------------------------------------------------- grid sweep
 
 
-@pytest.mark.parametrize("seed,step,integer", [(0, 0.01, False), (1, 0.01, False), (2, 0.05, False),
-                                               (3, 0.05, False), (4, 0.01, True), (5, 0.25, True),
-                                               (6, 0.1, False), (7, 0.03, False)])
+@pytest.mark.parametrize(
+    "seed,step,integer",
+    [
+        (0, 0.01, False),
+        (1, 0.01, False),
+        (2, 0.05, False),
+        (3, 0.05, False),
+        (4, 0.01, True),
+        (5, 0.25, True),
+        (6, 0.1, False),
+        (7, 0.03, False),
+    ],
+)
 def test_grid_sweep_matches_direct_loop(seed, step, integer):
     scores, labels, seen, unseen = make_problem(seed, n=120, integer=integer)
     if not integer:
@@ -333,8 +358,22 @@ def test_ausuc_on_sweeps():
 def test_evaluate_attribute_keys_and_values():
     scores, labels, seen, unseen = make_problem(1)
     out = evaluate_attribute(scores, labels, seen, unseen, 0.4)
-    assert set(out) == {"czsl_top1", "S", "U", "H", "gamma", "S_gamma0", "U_gamma0", "H_gamma0", "ausuc",
-                        "oracle_S", "oracle_U", "oracle_H", "oracle_gamma", "oracle_exact_H"}
+    assert set(out) == {
+        "czsl_top1",
+        "S",
+        "U",
+        "H",
+        "gamma",
+        "S_gamma0",
+        "U_gamma0",
+        "H_gamma0",
+        "ausuc",
+        "oracle_S",
+        "oracle_U",
+        "oracle_H",
+        "oracle_gamma",
+        "oracle_exact_H",
+    }
     assert all(isinstance(v, float) for v in out.values())
     r = gzsl_accuracy(scores, labels, seen, unseen, 0.4)
     assert (out["S"], out["U"], out["H"], out["gamma"]) == (r.S, r.U, r.H, 0.4)
@@ -348,8 +387,9 @@ def test_evaluate_attribute_keys_and_values():
     assert out["oracle_exact_H"] == gamma_sweep(scores, labels, seen, unseen).best.H >= out["oracle_H"]
     assert all(0 <= out[k] <= 1 for k in out if k not in ("gamma", "oracle_gamma"))
 
-    short = evaluate_attribute(torch.tensor(scores), torch.tensor(labels), seen, unseen, 0.4, oracle=False,
-                               ausuc_mode="exact")
+    short = evaluate_attribute(
+        torch.tensor(scores), torch.tensor(labels), seen, unseen, 0.4, oracle=False, ausuc_mode="exact"
+    )
     assert not any(k.startswith("oracle") for k in short)
     assert short["ausuc"] == ausuc(gamma_sweep(scores, labels, seen, unseen))
     with pytest.raises(ValueError):

@@ -12,8 +12,16 @@ from unseen import runs
 from unseen.cli import main
 
 WORLD = "{seed: 1, n_classes: 10, n_unseen: 3, n_val: 2, images_per_class: 10, image_size: 32, n_pretrain_classes: 4, pretrain_images_per_class: 10}"
-COMMON = [f"data.world={WORLD}", "data.pretrain_epochs=1", "train.epochs=2", "train.batch_size=16",
-          "model.tiny_widths=[8,16,16]", "model.width=16", "model.model_dim=8", "model.n_parts=2"]
+COMMON = [
+    f"data.world={WORLD}",
+    "data.pretrain_epochs=1",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "model.tiny_widths=[8,16,16]",
+    "model.width=16",
+    "model.model_dim=8",
+    "model.n_parts=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +33,19 @@ def mgmrn_run(tmp_path_factory):
 
 def test_run_folder_and_results(mgmrn_run):
     run_dir, res = mgmrn_run
-    for f in ("config.yaml", "results.json", "semantics.safetensors", "classes.json", "test_scores.npy",
-              "calib/metrics.jsonl", "calib/best.safetensors", "calib/last.safetensors", "final/last.safetensors",
-              "plots/gzsl_gamma_curve.png", "plots/attention_maps.png"):
+    for f in (
+        "config.yaml",
+        "results.json",
+        "semantics.safetensors",
+        "classes.json",
+        "test_scores.npy",
+        "calib/metrics.jsonl",
+        "calib/best.safetensors",
+        "calib/last.safetensors",
+        "final/last.safetensors",
+        "plots/gzsl_gamma_curve.png",
+        "plots/attention_maps.png",
+    ):
         assert (run_dir / f).is_file(), f
     saved = json.loads((run_dir / "results.json").read_text())
     m = saved["metrics"]
@@ -50,8 +68,13 @@ def test_run_folder_and_results(mgmrn_run):
     run = AttributeRun(load_config(run_dir / "config.yaml"), run_dir)
     d = run.data
     idx = np.concatenate([d.test_seen_loc, d.test_unseen_loc])
-    r = gzsl_accuracy(np.load(run_dir / "test_scores.npy").astype(np.float64), d.labels[idx], d.seen_classes,
-                      d.unseen_classes, sel["gamma"])
+    r = gzsl_accuracy(
+        np.load(run_dir / "test_scores.npy").astype(np.float64),
+        d.labels[idx],
+        d.seen_classes,
+        d.unseen_classes,
+        sel["gamma"],
+    )
     assert r.H == pytest.approx(m["H"], abs=1e-6)
 
 
@@ -90,16 +113,22 @@ def test_run_folder_is_never_overwritten(mgmrn_run, tmp_path):
 
 
 def test_eszsl_run_and_frozen_cached_attn1(tmp_path):
-    res = runs.train("attribute/demo_eszsl", [*COMMON[:2], "model.tiny_widths=[8,16,16]", f"output_dir={tmp_path}"])
+    res = runs.train(
+        "attribute/demo_eszsl", [*COMMON[:2], "model.tiny_widths=[8,16,16]", f"output_dir={tmp_path}"]
+    )
     assert {"alpha", "beta", "gamma", "val_H"} <= set(res["selection"])
-    res2 = runs.train("attribute/demo_attn1", [*COMMON, "features.cache=true", f"output_dir={tmp_path}", "name=frozen"])
+    res2 = runs.train(
+        "attribute/demo_attn1", [*COMMON, "features.cache=true", f"output_dir={tmp_path}", "name=frozen"]
+    )
     assert 0.0 <= res2["metrics"]["H"] <= 1.0
     again = runs.evaluate_run(res2["run_dir"])
     assert again["H"] == pytest.approx(res2["metrics"]["H"], abs=1e-6)
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "unseen", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "unseen", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_errors_are_specific_and_without_traceback(tmp_path):
@@ -117,8 +146,20 @@ def test_cli_list_and_data_check(shared_data, capsys):
     out = capsys.readouterr().out
     assert "mgmrn" in out and "eszsl" in out and "attn1" in out and "xlsa17" in out and "shapes" in out
     root = shared_data / "xlsa17" / "CUB"
-    assert main(["data", "check", "xlsa17", "--root", str(root), "--image-list",
-                 str(shared_data / "image_lists" / "CUB.json.gz")]) == 2  # the images themselves are not here
+    assert (
+        main(
+            [
+                "data",
+                "check",
+                "xlsa17",
+                "--root",
+                str(root),
+                "--image-list",
+                str(shared_data / "image_lists" / "CUB.json.gz"),
+            ]
+        )
+        == 2
+    )  # the images themselves are not here
     assert "not found" in capsys.readouterr().err
 
 
@@ -137,7 +178,9 @@ def test_backbone_pretraining_is_deterministic(tmp_path):
     for i, noise in enumerate((3, 11)):
         root = export_attribute_world(tmp_path / f"w{i}", cfg)
         torch.randn(noise)  # whatever ran before must not change the result
-        digests.append(hashlib.sha256(pretrain_tiny_backbone(root, [8, 16, 16], 32, 1, seed=1).read_bytes()).hexdigest())
+        digests.append(
+            hashlib.sha256(pretrain_tiny_backbone(root, [8, 16, 16], 32, 1, seed=1).read_bytes()).hexdigest()
+        )
     assert digests[0] == digests[1]
 
 
@@ -166,5 +209,7 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, monkeypatch):
     assert resumed["selection"]["epoch"] == full["selection"]["epoch"]
     for k in ("czsl_top1", "S", "U", "H", "gamma"):
         assert resumed["metrics"][k] == pytest.approx(full["metrics"][k], abs=1e-9), k
-    cut_lines = [json.loads(s) for s in (tmp_path / "cut" / "calib" / "metrics.jsonl").read_text().splitlines()]
+    cut_lines = [
+        json.loads(s) for s in (tmp_path / "cut" / "calib" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["epoch"] for r in cut_lines] == [0, 1, 1, 2]  # the killed epoch was redone, not lost

@@ -61,7 +61,9 @@ def test_context_slicing_and_eot_pooling(clip):
     texts = ["a photo of red dog", "a cat", "wet old tree", "a"]
     ids16, ids8 = C.tokenize(texts, 16), C.tokenize(texts, 8)
     full = C.encode_text(clip, ids16)
-    torch.testing.assert_close(C.encode_text(clip, ids8), full, rtol=0, atol=1e-5)  # causal: padding is irrelevant
+    torch.testing.assert_close(
+        C.encode_text(clip, ids8), full, rtol=0, atol=1e-5
+    )  # causal: padding is irrelevant
     # each row alone, cut right after its EOT (there the EOT is the last position): same features
     for i, row in enumerate(ids16):
         eot = int((row == C.EOT_ID).nonzero()[0])
@@ -78,13 +80,16 @@ def test_substitutions(clip):
     row = C.template_ids(prefix, 2, 8)
     assert int(row.argmax()) == 1 + len(prefix) + 2  # EOT right after the two slots
     subs = [(1 + len(prefix), torch.stack([emb[red], emb[dog]]))]
-    torch.testing.assert_close(C.encode_text(clip, row[None], subs), _plain(clip, ["a photo of red dog"]),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        C.encode_text(clip, row[None], subs), _plain(clip, ["a photo of red dog"]), rtol=0, atol=1e-5
+    )
     # per-row values (N, k, W); a substitution after EOT changes nothing (causal mask)
     rows = row[None].expand(2, -1)
     per_row = torch.stack([torch.stack([emb[red], emb[dog]]), torch.stack([emb[dog], emb[red]])])
     out = C.encode_text(clip, rows, [(4, per_row), (7, torch.randn(2, 1, emb.shape[1]))])
-    torch.testing.assert_close(out, _plain(clip, ["a photo of red dog", "a photo of dog red"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        out, _plain(clip, ["a photo of red dog", "a photo of dog red"]), rtol=0, atol=1e-5
+    )
     with pytest.raises(ValueError, match="outside"):
         C.encode_text(clip, row[None], [(7, emb[:2])])
     with pytest.raises(ValueError, match="fit"):
@@ -109,7 +114,7 @@ def test_names_and_vocab_init(clip):
     got = C.soft_vocabulary_init(clip, names)
     for i, text in enumerate(["traffic light", "faux leather", "red", "dry-erase board"]):
         ids = C.tokenize(text, 16)[0]  # independent path: the full tokenizer, then strip SOT / EOT / padding
-        body = ids[1: int(ids.argmax())]
+        body = ids[1 : int(ids.argmax())]
         torch.testing.assert_close(got[i], emb[body].mean(0))
     kept = C.soft_vocabulary_init(clip, ["traffic_light"], split_underscore=False)
     assert len(C.bpe_ids("traffic_light")) > len(C.bpe_ids("traffic light"))
@@ -132,8 +137,12 @@ def test_zeroshot_clip_logits(clip, images):
     attrs, objs = ["Faux.Leather", "old_rusty"], ["Boots.Ankle", "traffic_light"]
     m = ZeroShotCLIP(ZeroShotCLIPConfig(text_chunk=3), clip, attrs, objs)
     pairs = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
-    prompts = ["a photo of faux leather boots ankle", "a photo of faux leather traffic_light",
-               "a photo of old_rusty boots ankle", "a photo of old_rusty traffic_light"]
+    prompts = [
+        "a photo of faux leather boots ankle",
+        "a photo of faux leather traffic_light",
+        "a photo of old_rusty boots ankle",
+        "a photo of old_rusty traffic_light",
+    ]
     assert m.prompts(pairs) == prompts
     with torch.no_grad():
         out = m(images, pairs)
@@ -148,10 +157,15 @@ def test_logit_scale_zero_means_the_clips_own(clip, images):
     assert abs(own - 100.0) > 1  # the test CLIP's scale is not 100, so the two settings differ
     pairs = torch.tensor([[0, 0], [1, 1]])
     with torch.no_grad():
-        zs = {s: ZeroShotCLIP(ZeroShotCLIPConfig(logit_scale=s), clip, ATTRS, OBJS)(images, pairs)["scores"]
-              for s in (100.0, 0.0)}
+        zs = {
+            s: ZeroShotCLIP(ZeroShotCLIPConfig(logit_scale=s), clip, ATTRS, OBJS)(images, pairs)["scores"]
+            for s in (100.0, 0.0)
+        }
         torch.testing.assert_close(zs[0.0], zs[100.0] * own / 100)
-        cs = {s: CSP(CSPConfig(logit_scale=s), clip, ATTRS, OBJS).eval()(images, pairs)["scores"] for s in (100.0, 0.0)}
+        cs = {
+            s: CSP(CSPConfig(logit_scale=s), clip, ATTRS, OBJS).eval()(images, pairs)["scores"]
+            for s in (100.0, 0.0)
+        }
         torch.testing.assert_close(cs[0.0], cs[100.0] * own / 100)
     r = Refiner(_quiet(tau=0.0), clip, ATTRS, OBJS)
     assert float(r.tau) == pytest.approx(own) and "log_tau" not in r.state_dict()
@@ -238,21 +252,29 @@ def test_refiner_text_and_score_formula(clip, images):
     # at init the contexts are "a photo of" and the vocabulary rows are the names' token embeddings
     comp_prompts = [f"a photo of {ATTRS[a]} {OBJS[o]}" for a, o in PAIRS.tolist()]
     torch.testing.assert_close(cache.comp, _plain(clip, comp_prompts), rtol=0, atol=1e-5)
-    torch.testing.assert_close(cache.state, _plain(clip, [f"a photo of {a}" for a in ATTRS]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        cache.state, _plain(clip, [f"a photo of {a}" for a in ATTRS]), rtol=0, atol=1e-5
+    )
     torch.testing.assert_close(cache.obj, _plain(clip, [f"a photo of {o}" for o in OBJS]), rtol=0, atol=1e-5)
     g = clip.encode_image(images, normalize=True)
     torch.testing.assert_close(out["logits_global"], 100 * g @ cache.comp.t(), rtol=0, atol=1e-4)
     ps, po = out["logits_state"].softmax(-1), out["logits_obj"].softmax(-1)
-    expect = torch.stack([0.7 * out["logits_global"][:, k] + 0.3 * out["logits_comp"][:, k]
-                          + ps[:, a] * po[:, o] for k, (a, o) in enumerate(PAIRS.tolist())], 1)
+    expect = torch.stack(
+        [
+            0.7 * out["logits_global"][:, k] + 0.3 * out["logits_comp"][:, k] + ps[:, a] * po[:, o]
+            for k, (a, o) in enumerate(PAIRS.tolist())
+        ],
+        1,
+    )
     torch.testing.assert_close(out["scores"], expect)
     nog = Refiner(_quiet(global_branch=False), clip, ATTRS, OBJS).eval()
     nog.load_state_dict(m.state_dict())
     with torch.no_grad():
         o2 = nog(images, PAIRS)
     assert "logits_global" not in o2
-    torch.testing.assert_close(o2["scores"] - o2["logits_comp"], expect - 0.7 * out["logits_global"]
-                               - 0.3 * out["logits_comp"])
+    torch.testing.assert_close(
+        o2["scores"] - o2["logits_comp"], expect - 0.7 * out["logits_global"] - 0.3 * out["logits_comp"]
+    )
 
 
 def test_refiner_gradients_only_to_trainable(clip, images):
@@ -265,8 +287,18 @@ def test_refiner_gradients_only_to_trainable(clip, images):
     assert all(p.grad is None for p in clip.parameters())
     trainable = {n: p for n, p in m.named_parameters() if p.requires_grad}
     assert not [n for n in trainable if n.startswith("clip.")]
-    for name in ("queries", "vocab", "ctx.comp", "ctx.state", "ctx.obj", "log_tau", "refine.attn.in_proj_weight",
-                 "encoders.state.linear1.weight", "projs.obj.weight", "branch_norm.weight"):
+    for name in (
+        "queries",
+        "vocab",
+        "ctx.comp",
+        "ctx.state",
+        "ctx.obj",
+        "log_tau",
+        "refine.attn.in_proj_weight",
+        "encoders.state.linear1.weight",
+        "projs.obj.weight",
+        "branch_norm.weight",
+    ):
         assert trainable[name].grad is not None and trainable[name].grad.abs().sum() > 0, name
 
 
@@ -277,16 +309,23 @@ def test_refiner_loss_matches_hand_computation(clip, images):
     attr, obj, pt = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 3]), torch.tensor([0, 1, 5])
     loss, logs = m.loss(out, attr, obj, pt)
     ce = F.cross_entropy
-    expect = (ce(out["logits_comp"], pt) + ce(out["logits_global"], pt) + 0.25 * ce(out["logits_state"], attr)
-              + 2.0 * ce(out["logits_obj"], obj))
+    expect = (
+        ce(out["logits_comp"], pt)
+        + ce(out["logits_global"], pt)
+        + 0.25 * ce(out["logits_state"], attr)
+        + 2.0 * ce(out["logits_obj"], obj)
+    )
     torch.testing.assert_close(loss, expect)
 
 
 @pytest.mark.parametrize("kind", ["refiner", "csp"])
 def test_loss_decreases(clip, images, kind):
     torch.manual_seed(0)
-    m = (Refiner(_quiet(n_queries=8), clip, ATTRS, OBJS) if kind == "refiner"
-         else CSP(CSPConfig(vocab_dropout=0.0), clip, ATTRS, OBJS)).train()
+    m = (
+        Refiner(_quiet(n_queries=8), clip, ATTRS, OBJS)
+        if kind == "refiner"
+        else CSP(CSPConfig(vocab_dropout=0.0), clip, ATTRS, OBJS)
+    ).train()
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
     attr, obj, pt = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 3]), torch.tensor([0, 1, 5])
     losses = []
@@ -317,21 +356,27 @@ def test_checkpointed_chunks_same_values_and_grads(clip, images):
 @pytest.mark.parametrize("kind", ["zeroshot", "csp", "refiner", "refiner_max"])
 def test_encode_pairs_and_score_equal_forward(clip, images, kind):
     torch.manual_seed(0)
-    m = {"zeroshot": lambda: ZeroShotCLIP(ZeroShotCLIPConfig(), clip, ATTRS, OBJS),
-         "csp": lambda: CSP(CSPConfig(), clip, ATTRS, OBJS),
-         "refiner": lambda: Refiner(RefinerConfig(refine_blocks=2), clip, ATTRS, OBJS),
-         "refiner_max": lambda: Refiner(RefinerConfig(refine_blocks=2, query_pool="max"), clip, ATTRS, OBJS)}[kind]()
+    m = {
+        "zeroshot": lambda: ZeroShotCLIP(ZeroShotCLIPConfig(), clip, ATTRS, OBJS),
+        "csp": lambda: CSP(CSPConfig(), clip, ATTRS, OBJS),
+        "refiner": lambda: Refiner(RefinerConfig(refine_blocks=2), clip, ATTRS, OBJS),
+        "refiner_max": lambda: Refiner(RefinerConfig(refine_blocks=2, query_pool="max"), clip, ATTRS, OBJS),
+    }[kind]()
     m.eval()
     with torch.no_grad():
         full = m(images, PAIRS)
         cache = m.encode_pairs(PAIRS, chunk_size=4)
         feats = m.encode_images(images)
-        chunked = torch.cat([m.score(feats, cache.chunk(s, s + 4))["scores"] for s in range(0, len(PAIRS), 4)], 1)
+        chunked = torch.cat(
+            [m.score(feats, cache.chunk(s, s + 4))["scores"] for s in range(0, len(PAIRS), 4)], 1
+        )
         direct = m.score(images, cache)
     torch.testing.assert_close(chunked, full["scores"], rtol=1e-5, atol=1e-4)  # 100 x cos: 1e-6 in cos
     with torch.no_grad():  # candidates encoded chunk by chunk, primitives reused from the first chunk's cache
         first = m.encode_pairs(PAIRS[:2])
-        parts = [first] + [m.encode_pairs(PAIRS[s:s + 2], primitives=first) for s in range(2, len(PAIRS), 2)]
+        parts = [first] + [
+            m.encode_pairs(PAIRS[s : s + 2], primitives=first) for s in range(2, len(PAIRS), 2)
+        ]
         streamed = torch.cat([m.score(feats, c)["scores"] for c in parts], 1)
     assert all(c.state is first.state for c in parts)
     torch.testing.assert_close(streamed, full["scores"], rtol=1e-5, atol=1e-4)
@@ -361,7 +406,9 @@ def test_adapters_start_at_identity_and_train(clip, images):
     torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-5)
     for a, b in zip(tok, tok_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    loss, _ = m.loss(m(images, PAIRS), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 3]), torch.tensor([0, 1, 5]))
+    loss, _ = m.loss(
+        m(images, PAIRS), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 3]), torch.tensor([0, 1, 5])
+    )
     loss.backward()
     assert m.adapters[0][0].up.weight.grad.abs().sum() > 0  # first block's attention adapter
     assert all(p.grad is None for p in clip.parameters())
@@ -370,11 +417,19 @@ def test_adapters_start_at_identity_and_train(clip, images):
 def test_registry_and_errors(clip):
     from unseen.registry import create_model
 
-    m = create_model("refiner", {"n_queries": 4, "refine_blocks": 1}, setting="compositional", clip_model=clip,
-                     attr_names=ATTRS, obj_names=OBJS)
+    m = create_model(
+        "refiner",
+        {"n_queries": 4, "refine_blocks": 1},
+        setting="compositional",
+        clip_model=clip,
+        attr_names=ATTRS,
+        obj_names=OBJS,
+    )
     assert isinstance(m, Refiner) and m.queries.shape[0] == 4
-    assert isinstance(create_model("csp", None, setting="compositional", clip_model=clip, attr_names=ATTRS,
-                                   obj_names=OBJS), CSP)
+    assert isinstance(
+        create_model("csp", None, setting="compositional", clip_model=clip, attr_names=ATTRS, obj_names=OBJS),
+        CSP,
+    )
     with pytest.raises(ConfigError, match="refine_blocks"):
         Refiner(RefinerConfig(refine_blocks=3), clip, ATTRS, OBJS)  # the test CLIP has 2 visual blocks
     with pytest.raises(ConfigError, match="branch_heads"):
@@ -407,7 +462,9 @@ def test_hybrid_tiny_clip_stem_pooling_and_reload(tmp_path):
         assert m.visual.conv1(x).shape == (2, C.vision_width(m), 8, 8)
         assert [t.shape for t in tokens] == [(2, 65, C.vision_width(m))] * 2
         # pooled embedding = proj(mean over the patch tokens of ln_post(last block)), the CLS token left out
-        torch.testing.assert_close(g, m.visual.ln_post(tokens[-1])[:, 1:].mean(1) @ m.visual.proj, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            g, m.visual.ln_post(tokens[-1])[:, 1:].mean(1) @ m.visual.proj, rtol=0, atol=1e-5
+        )
         torch.testing.assert_close(g, m.encode_image(x), rtol=0, atol=1e-6)
     path = tmp_path / "tiny.safetensors"
     save_safetensors(path, m.state_dict())

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-WORLD = ("{seed: 1, n_states: 5, n_objects: 5, n_val_unseen: 2, n_test_unseen: 3, n_val_seen: 2, n_test_seen: 3, "
-         "train_images: 4, val_images: 3, test_images: 3, pretrain_images: 2, n_na_images: 2}")
+WORLD = (
+    "{seed: 1, n_states: 5, n_objects: 5, n_val_unseen: 2, n_test_unseen: 3, n_val_seen: 2, n_test_seen: 3, "
+    "train_images: 4, val_images: 3, test_images: 3, pretrain_images: 2, n_na_images: 2}"
+)
 PRETRAIN = "{steps: 3, batch_size: 16, warmup: 1}"
 
 
@@ -17,8 +19,15 @@ def _cfg(out: Path, method: str, extra: list[str] | None = None):
     from unseen.config import load_config
     from unseen.runs import resolve_config_path
 
-    over = [f"data.world={WORLD}", f"data.pretrain={PRETRAIN}", f"output_dir={out}", f"name={method}",
-            "train.epochs=2", "train.batch_size=16", "eval.batch_size=32"]
+    over = [
+        f"data.world={WORLD}",
+        f"data.pretrain={PRETRAIN}",
+        f"output_dir={out}",
+        f"name={method}",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "eval.batch_size=32",
+    ]
     if method == "refiner":
         over += ["model.n_queries=4", "model.refine_blocks=2"]
     return load_config(resolve_config_path(f"compositional/demo_{method}"), over + (extra or []))

@@ -51,13 +51,16 @@ def test_unknown_key_lists_valid_ones():
     assert "'c'" in msg and "valid keys: a, b, names, opt" in msg and "inner" in msg
 
 
-@pytest.mark.parametrize("values,needle", [
-    ({"inner": {"a": "three"}}, "expected an integer"),
-    ({"inner": {"b": "x"}}, "expected a number"),
-    ({"flag": "yes"}, "expected true/false"),
-    ({"inner": {"names": 3}}, "expected a list"),
-    ({"inner": 5}, "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "values,needle",
+    [
+        ({"inner": {"a": "three"}}, "expected an integer"),
+        ({"inner": {"b": "x"}}, "expected a number"),
+        ({"flag": "yes"}, "expected true/false"),
+        ({"inner": {"names": 3}}, "expected a list"),
+        ({"inner": 5}, "expected a mapping"),
+    ],
+)
 def test_type_errors(values, needle):
     with pytest.raises(ConfigError, match=needle):
         build_dataclass(Outer, values)
@@ -71,8 +74,12 @@ def test_apply_overrides_creates_sections_and_rejects_value_paths():
 
 
 def test_run_config_from_yaml_with_base_and_overrides(tmp_path):
-    (tmp_path / "base.yaml").write_text("setting: attribute\ndata: {name: shapes}\ntrain: {epochs: 3, lr: 0.1}\n")
-    (tmp_path / "run.yaml").write_text("_base_: base.yaml\nmodel: {name: mgmrn, backbone: tiny}\ntrain: {lr: 0.2}\n")
+    (tmp_path / "base.yaml").write_text(
+        "setting: attribute\ndata: {name: shapes}\ntrain: {epochs: 3, lr: 0.1}\n"
+    )
+    (tmp_path / "run.yaml").write_text(
+        "_base_: base.yaml\nmodel: {name: mgmrn, backbone: tiny}\ntrain: {lr: 0.2}\n"
+    )
     cfg = load_config(tmp_path / "run.yaml", ["train.batch_size=4", "model.n_parts=3"])
     assert isinstance(cfg, RunConfig) and isinstance(cfg.train, TrainConfig)
     assert (cfg.train.epochs, cfg.train.lr, cfg.train.batch_size) == (3, 0.2, 4)
@@ -101,7 +108,9 @@ def test_cli_overrides_after_an_option_reach_the_demo(monkeypatch, capsys):
     from unseen.cli import main
 
     seen = {}
-    monkeypatch.setattr(runs, "demo", lambda setting, out, overrides: seen.update(s=setting, o=out, ov=overrides) or "")
+    monkeypatch.setattr(
+        runs, "demo", lambda setting, out, overrides: seen.update(s=setting, o=out, ov=overrides) or ""
+    )
     assert main(["demo", "compositional", "--output-dir", "/tmp/x", "data.world={seed: 1}", "seed=2"]) == 0
     assert seen == {"s": "compositional", "o": "/tmp/x", "ov": ["data.world={seed: 1}", "seed=2"]}
     with pytest.raises(SystemExit):

@@ -34,8 +34,23 @@ from unseen.compositional.data import (
 )
 from unseen.io import DataFormatError, UnsafeFileError
 
-ATTRS = ["Faux.Leather", "Patent.Leather", "ancient", "black_and_white", "dry-erase", "wet", "Full.grain.leather"]
-OBJS = ["Boots.Ankle", "Shoes.Sneakers.and.Athletic.Shoes", "traffic_light", "cat", "Zebra", "dry-erase_board"]
+ATTRS = [
+    "Faux.Leather",
+    "Patent.Leather",
+    "ancient",
+    "black_and_white",
+    "dry-erase",
+    "wet",
+    "Full.grain.leather",
+]
+OBJS = [
+    "Boots.Ankle",
+    "Shoes.Sneakers.and.Athletic.Shoes",
+    "traffic_light",
+    "cat",
+    "Zebra",
+    "dry-erase_board",
+]
 
 
 # --------------------------------------------------------------------------------------------- writers
@@ -85,9 +100,15 @@ def random_dataset(root: Path, seed: int, images: bool = False):
                 meta.append(entry(f"{a}_{o}/{s}{k}.png", a, o, s))
     listed = set(train) | set(val) | set(test)
     unlisted = [p for p in allp if p not in listed][:3]
-    meta += [entry(f"x/{i}.png", a, o, rng.choice(["train", "val", "test"])) for i, (a, o) in enumerate(unlisted)]
-    meta += [entry("na/attr.png", "NA", train[0][1], "train"), entry("na/set.png", *train[1], "NA"),
-             entry("na/both.png", "NA", "nothing", "NA"), entry("x/new.png", "brand_new", "thing", "val")]
+    meta += [
+        entry(f"x/{i}.png", a, o, rng.choice(["train", "val", "test"])) for i, (a, o) in enumerate(unlisted)
+    ]
+    meta += [
+        entry("na/attr.png", "NA", train[0][1], "train"),
+        entry("na/set.png", *train[1], "NA"),
+        entry("na/both.png", "NA", "nothing", "NA"),
+        entry("x/new.png", "brand_new", "thing", "val"),
+    ]
     rng.shuffle(meta)
     write_czsl(root, train, val, test, meta, images=images)
     return train, val, test, meta
@@ -98,14 +119,23 @@ def test_hand_computed_case(tmp_path):
     train = [("wet", "traffic_light"), ("Faux.Leather", "Boots.Ankle")]
     val = [("wet", "Boots.Ankle"), ("Faux.Leather", "Boots.Ankle")]
     test = [("Faux.Leather", "traffic_light"), ("ancient", "Boots.Ankle")]
-    meta = [entry("a.png", "wet", "traffic_light", "train"), entry("b.png", "Faux.Leather", "Boots.Ankle", "train"),
-            entry("c.png", "wet", "Boots.Ankle", "val"), entry("d.png", "Faux.Leather", "Boots.Ankle", "test"),
-            entry("e.png", "ancient", "Boots.Ankle", "test")]
+    meta = [
+        entry("a.png", "wet", "traffic_light", "train"),
+        entry("b.png", "Faux.Leather", "Boots.Ankle", "train"),
+        entry("c.png", "wet", "Boots.Ankle", "val"),
+        entry("d.png", "Faux.Leather", "Boots.Ankle", "test"),
+        entry("e.png", "ancient", "Boots.Ankle", "test"),
+    ]
     d = load_czsl(write_czsl(tmp_path / "toy", train, val, test, meta))
     assert d.attrs == ["Faux.Leather", "ancient", "wet"]  # code-point order: upper case first
     assert d.objs == ["Boots.Ankle", "traffic_light"]
-    assert d.pairs == [("Faux.Leather", "Boots.Ankle"), ("Faux.Leather", "traffic_light"), ("ancient", "Boots.Ankle"),
-                       ("wet", "Boots.Ankle"), ("wet", "traffic_light")]
+    assert d.pairs == [
+        ("Faux.Leather", "Boots.Ankle"),
+        ("Faux.Leather", "traffic_light"),
+        ("ancient", "Boots.Ankle"),
+        ("wet", "Boots.Ankle"),
+        ("wet", "traffic_light"),
+    ]
     assert d.train_pairs == train  # file order
     assert d.closed_to_open.tolist() == [0, 1, 2, 4, 5]
     assert d.train_to_closed.tolist() == [4, 0]
@@ -196,10 +226,15 @@ def test_pair_index_conversions(tmp_path):
 def test_skipped_entries_and_unlisted_pairs(tmp_path):
     train = [("wet", "cat"), ("dry", "cat")]
     val, test = [("wet", "dog")], [("dry", "dog")]
-    meta = [entry("1.png", "wet", "cat", "train"), entry("2.png", "NA", "cat", "train"),
-            entry("3.png", "wet", "cat", "NA"), entry("4.png", "NA", "cat", "NA"),
-            entry("5.png", "dry", "cow", "test"), entry("6.png", "dry", "cow", "val"),
-            entry("7.png", "wet", "dog", "val")]
+    meta = [
+        entry("1.png", "wet", "cat", "train"),
+        entry("2.png", "NA", "cat", "train"),
+        entry("3.png", "wet", "cat", "NA"),
+        entry("4.png", "NA", "cat", "NA"),
+        entry("5.png", "dry", "cow", "test"),
+        entry("6.png", "dry", "cow", "val"),
+        entry("7.png", "wet", "dog", "val"),
+    ]
     d = load_czsl(write_czsl(tmp_path / "s", train, val, test, meta))
     assert d.skipped == {"attr_na": 2, "set_na": 1, "pair_not_listed": 2}
     assert d.unlisted_pairs == {("dry", "cow"): 2}
@@ -249,16 +284,27 @@ def test_missing_files(tmp_path):
         load_czsl(root, split="other-split")
 
 
-@pytest.mark.parametrize("meta, pattern", [
-    ([entry("1.png", "wet", "cat", "train"), entry("2.png", "wet", "cat", "trainval")],
-     r"entry 1: field 'set' is 'trainval'"),
-    ([{"image": "1.png", "attr": "wet", "set": "train"}], r"entry 0: field 'obj' is missing"),
-    ([{"image": "1.png", "attr": "wet", "obj": 3, "set": "train"}], r"entry 0: field 'obj' must be a str, got int"),
-    ([["1.png", "wet", "cat", "train"]], r"entry 0: expected a dict, got list"),
-    ({"1.png": "wet"}, r"expected a list of dicts"),
-    ([entry("1.png", "dry", "cat", "train")], r"entry 0: a train image of pair \('dry', 'cat'\), which is not in .*"
-                                              r"train_pairs\.txt"),
-])
+@pytest.mark.parametrize(
+    "meta, pattern",
+    [
+        (
+            [entry("1.png", "wet", "cat", "train"), entry("2.png", "wet", "cat", "trainval")],
+            r"entry 1: field 'set' is 'trainval'",
+        ),
+        ([{"image": "1.png", "attr": "wet", "set": "train"}], r"entry 0: field 'obj' is missing"),
+        (
+            [{"image": "1.png", "attr": "wet", "obj": 3, "set": "train"}],
+            r"entry 0: field 'obj' must be a str, got int",
+        ),
+        ([["1.png", "wet", "cat", "train"]], r"entry 0: expected a dict, got list"),
+        ({"1.png": "wet"}, r"expected a list of dicts"),
+        (
+            [entry("1.png", "dry", "cat", "train")],
+            r"entry 0: a train image of pair \('dry', 'cat'\), which is not in .*"
+            r"train_pairs\.txt",
+        ),
+    ],
+)
 def test_bad_metadata(tmp_path, meta, pattern):
     root = _small(tmp_path, meta=meta, images=False)
     with pytest.raises(DataFormatError, match=r"metadata_compositional-split-natural\.t7: " + pattern):
@@ -283,7 +329,9 @@ def test_malicious_metadata_is_refused_without_running(tmp_path, how):
         path.write_bytes(pickle.dumps(payload, protocol=2))
     else:
         torch.save(payload, path)
-    with pytest.raises(UnsafeFileError, match=r"metadata_compositional-split-natural\.t7: refusing to load.*system"):
+    with pytest.raises(
+        UnsafeFileError, match=r"metadata_compositional-split-natural\.t7: refusing to load.*system"
+    ):
         load_czsl(root)
     assert not marker.exists()
     # the same file, loaded without the restriction, does run: the marker check above is meaningful
@@ -302,7 +350,9 @@ def test_non_plain_and_garbage_metadata(tmp_path):
     path.write_bytes(b"this is not a torch file\n" * 4)
     with pytest.raises(DataFormatError, match="not a readable torch.save file"):
         load_metadata(path)
-    torch.save([entry("1.png", "a", "b", "train")], path, _use_new_zipfile_serialization=False)  # legacy .t7 format
+    torch.save(
+        [entry("1.png", "a", "b", "train")], path, _use_new_zipfile_serialization=False
+    )  # legacy .t7 format
     assert load_metadata(path) == [entry("1.png", "a", "b", "train")]
 
 
@@ -367,16 +417,17 @@ def _known_sized(root: Path, k, val_unseen=None, train_pairs=None):
     n_train = k.train_pairs if train_pairs is None else train_pairs
     train = allp[:n_train]
     vu = k.val_pairs[1] if val_unseen is None else val_unseen
-    unseen_v = allp[n_train:n_train + vu]
-    unseen_t = allp[n_train + vu:n_train + vu + k.test_pairs[1]]
-    val = train[:k.val_pairs[0]] + unseen_v
-    test = train[-k.test_pairs[0]:] + unseen_t
+    unseen_v = allp[n_train : n_train + vu]
+    unseen_t = allp[n_train + vu : n_train + vu + k.test_pairs[1]]
+    val = train[: k.val_pairs[0]] + unseen_v
+    test = train[-k.test_pairs[0] :] + unseen_t
     used_attrs = {a for a, _ in train + val + test}
     used_objs = {o for _, o in train + val + test}
     assert len(used_attrs) == k.attrs and len(used_objs) == k.objs
     meta = [entry(f"{a}_{o}.png", a, o, "train") for a, o in train]
-    meta += [entry(f"v_{a}_{o}.png", a, o, "val") for a, o in val] + [entry(f"t_{a}_{o}.png", a, o, "test")
-                                                                       for a, o in test]
+    meta += [entry(f"v_{a}_{o}.png", a, o, "val") for a, o in val] + [
+        entry(f"t_{a}_{o}.png", a, o, "test") for a, o in test
+    ]
     return write_czsl(root, train, val, test, meta, images=False)
 
 
@@ -387,8 +438,10 @@ def test_check_czsl_known_dataset(tmp_path):
     text = "\n".join(lines)
     assert f"{k.attrs} attrs (states), {k.objs} objs" in text
     assert f"val {sum(k.val_pairs)} (seen {k.val_pairs[0]}, unseen {k.val_pairs[1]})" in text
-    assert f"closed-world candidates: val {k.train_pairs + k.val_pairs[1]}, test {k.train_pairs + k.test_pairs[1]}" \
+    assert (
+        f"closed-world candidates: val {k.train_pairs + k.val_pairs[1]}, test {k.train_pairs + k.test_pairs[1]}"
         in text
+    )
     assert ": OK" in text
     warnings = [ln for ln in lines if ln.startswith("WARNING")]
     assert len(warnings) == 1 and "train/val/test images" in warnings[0]  # only the [M] image counts differ
@@ -398,7 +451,9 @@ def test_check_czsl_known_dataset(tmp_path):
     assert sum(ln.startswith("WARNING") for ln in lines) == 2
     # a [D] count off -> error on load and check, unless disabled
     bad = _known_sized(tmp_path / "c" / "ut-zappos", k, train_pairs=k.train_pairs - 1)
-    with pytest.raises(DataFormatError, match=f"train pairs: found {k.train_pairs - 1}, expected {k.train_pairs}"):
+    with pytest.raises(
+        DataFormatError, match=f"train pairs: found {k.train_pairs - 1}, expected {k.train_pairs}"
+    ):
         check_czsl(bad)
     with pytest.raises(DataFormatError, match="verify_counts=False"):
         load_czsl(bad)
@@ -499,10 +554,12 @@ def test_glove_loader(tmp_path):
     with pytest.raises(DataFormatError, match=r"short\.txt: line 2: 2 values for word 'wet', expected 3"):
         load_glove_vectors(path3, ["cat", "wet"])
     # end to end: GloVe vectors into the feasibility computation
-    f = feasibility_scores(["Wet", "Faux.Fur"], ["cat", "Boots.Ankle"], [("Wet", "cat"), ("Faux.Fur", "Boots.Ankle")],
-                           got)
-    ref = brute_force_feasibility(["Wet", "Faux.Fur"], ["cat", "Boots.Ankle"],
-                                  [("Wet", "cat"), ("Faux.Fur", "Boots.Ankle")], got)
+    f = feasibility_scores(
+        ["Wet", "Faux.Fur"], ["cat", "Boots.Ankle"], [("Wet", "cat"), ("Faux.Fur", "Boots.Ankle")], got
+    )
+    ref = brute_force_feasibility(
+        ["Wet", "Faux.Fur"], ["cat", "Boots.Ankle"], [("Wet", "cat"), ("Faux.Fur", "Boots.Ankle")], got
+    )
     np.testing.assert_allclose(f, ref, atol=1e-6)
 
 

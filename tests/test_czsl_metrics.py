@@ -141,7 +141,9 @@ def _parts(n: int, rng: np.random.Generator, keep: np.ndarray | None = None) -> 
     idx = np.arange(n) if keep is None else np.flatnonzero(keep)
     k = int(rng.integers(1, min(4, idx.size) + 1))
     if keep is None and rng.random() < 0.5:
-        cuts = np.r_[0, np.sort(rng.choice(np.arange(1, n), k - 1, replace=False)), n] if k > 1 else np.r_[0, n]
+        cuts = (
+            np.r_[0, np.sort(rng.choice(np.arange(1, n), k - 1, replace=False)), n] if k > 1 else np.r_[0, n]
+        )
         return [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
     return [a for a in np.array_split(rng.permutation(idx), k) if a.size]
 
@@ -259,7 +261,9 @@ def test_rounding_merge_hand_case():
     s = np.zeros((2, 10), np.float32)
     s[:, 9], s[:, 8], s[:, 1], s[:, 5] = 0.5, 0.49999, 0.49998, 1000.5
     y = np.array([5, 1])  # a seen sample (wrong in the reference) and an unseen one (right in the reference)
-    ref = reference_predict(torch.from_numpy(s), torch.from_numpy(seen), torch.ones(10, dtype=torch.bool), 1e3)
+    ref = reference_predict(
+        torch.from_numpy(s), torch.from_numpy(seen), torch.ones(10, dtype=torch.bool), 1e3
+    )
     assert ref.tolist() == [1, 1]
     for k, ambiguous in ((2, True), (4, False)):  # k = 4 also stores the 0 scores, which do not merge
         ev = StreamingEvaluator(pairs, seen, np.ones(10, bool), y, topk=k)
@@ -284,7 +288,9 @@ def test_edge_cases():
     s2 = s.copy()
     s2[:, ~seen] = -5000.0
     res = evaluate_scores(s2, pairs, seen, evm, y, chunk_cols=5)
-    assert (~seen[y]).any() and res.auc == 0.0 and res.biases.tolist() == [1e3] and res.unseen_at_max_bias == 0
+    assert (
+        (~seen[y]).any() and res.auc == 0.0 and res.biases.tolist() == [1e3] and res.unseen_at_max_bias == 0
+    )
     assert_same(res, reference_evaluate(s2, pairs, seen, evm, y))
     # no unseen sample at all
     ys = rng.choice(np.flatnonzero(seen), n)
@@ -305,13 +311,19 @@ def test_hand_computed_case():
     seen = np.array([True, False, True, False])
     evm = np.array([True, True, True, False])
     y = np.array([0, 1, 1, 2])
-    s = np.array([[3, 1, 2, 9],   # seen, correct unless b > 2
-                  [2, 1, 0, 0],   # unseen, correct once 1 + b > 2 (b > 1)
-                  [1, 1, 0, 0],   # unseen, tie with column 0 at b = 0; correct once b > 0
-                  [2, 0, 2, 0]],  # seen, tie between columns 0 and 2: column 0 wins -> wrong
-                 np.float32)
+    s = np.array(
+        [
+            [3, 1, 2, 9],  # seen, correct unless b > 2
+            [2, 1, 0, 0],  # unseen, correct once 1 + b > 2 (b > 1)
+            [1, 1, 0, 0],  # unseen, tie with column 0 at b = 0; correct once b > 0
+            [2, 0, 2, 0],
+        ],  # seen, tie between columns 0 and 2: column 0 wins -> wrong
+        np.float32,
+    )
     res = evaluate_scores(s, pairs, seen, evm, y)
-    d = sorted([np.float32(np.float32(2 - 1) - np.float32(1e-4)), np.float32(np.float32(1 - 1) - np.float32(1e-4))])
+    d = sorted(
+        [np.float32(np.float32(2 - 1) - np.float32(1e-4)), np.float32(np.float32(1 - 1) - np.float32(1e-4))]
+    )
     assert res.biases.tolist() == [float(d[0]), float(d[1]), 1e3]
     assert res.seen_curve.tolist() == [0.5, 0.5, 0.0] and res.unseen_curve.tolist() == [0.0, 0.5, 1.0]
     assert res.auc == pytest.approx(0.5 * 0.5 + 0.5 * 0.25)
@@ -327,8 +339,12 @@ def test_chunking_does_not_change_anything():
     pairs, seen, evm, y, s = random_case(rng)
     ref = evaluate_scores(s, pairs, seen, evm, y).to_dict()
     for rows, cols in [(1, 1), (3, 7), (None, 2), (5, None)]:
-        assert evaluate_scores(torch.from_numpy(s), pairs, seen, evm, y, chunk_rows=rows,
-                               chunk_cols=cols).to_dict() == ref
+        assert (
+            evaluate_scores(
+                torch.from_numpy(s), pairs, seen, evm, y, chunk_rows=rows, chunk_cols=cols
+            ).to_dict()
+            == ref
+        )
 
 
 def test_bad_inputs_raise():
@@ -439,6 +455,7 @@ def test_removed_columns_are_excluded_not_multiplied_by_zero():
         pred, _, _ = ev.predict(b)
         assert keep[pred].all()
     quirk = s * ((f >= 0.4).astype(np.float32) + seen)  # CSP: logits * (1[f >= th] + seen_mask)
-    qpred = reference_predict(torch.from_numpy(quirk), torch.from_numpy(seen), torch.ones(20, dtype=torch.bool),
-                              1e3).numpy()
+    qpred = reference_predict(
+        torch.from_numpy(quirk), torch.from_numpy(seen), torch.ones(20, dtype=torch.bool), 1e3
+    ).numpy()
     assert not keep[qpred].all()  # the quirk would predict removed pairs here

@@ -57,6 +57,7 @@ def evaluate_fn(data):
             acc = float((model.b(torch.relu(model.a(x))).argmax(1) == y).float().mean())
         model.train()
         return {"acc": acc}
+
     return ev
 
 
@@ -88,15 +89,19 @@ def test_resume_matches_uninterrupted(tmp_path, shots):
     kw = dict(shots=shots, batches_per_epoch=5 if shots else 0, batch_size=8 if shots else 16)
     torch.manual_seed(0)
     full = Toy()
-    Engine(cfg(**kw), tmp_path / "full", seed=3).fit(full, data, loss_fn, evaluate_fn(data), select="acc", labels=labels)
+    Engine(cfg(**kw), tmp_path / "full", seed=3).fit(
+        full, data, loss_fn, evaluate_fn(data), select="acc", labels=labels
+    )
     torch.manual_seed(0)
     cut = Toy()
-    Engine(cfg(**kw), tmp_path / "cut", seed=3).fit(cut, data, loss_fn, evaluate_fn(data), select="acc",
-                                                    labels=labels, epochs=2)  # "killed" after 2 epochs
+    Engine(cfg(**kw), tmp_path / "cut", seed=3).fit(
+        cut, data, loss_fn, evaluate_fn(data), select="acc", labels=labels, epochs=2
+    )  # "killed" after 2 epochs
     torch.manual_seed(123)  # a different process state before resuming
     resumed = Toy()
-    res = Engine(cfg(**kw), tmp_path / "cut", seed=3).fit(resumed, data, loss_fn, evaluate_fn(data), select="acc",
-                                                          labels=labels, resume=True)
+    res = Engine(cfg(**kw), tmp_path / "cut", seed=3).fit(
+        resumed, data, loss_fn, evaluate_fn(data), select="acc", labels=labels, resume=True
+    )
     for (k, v1), v2 in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(v1, v2), k
     a = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
@@ -135,9 +140,12 @@ def test_grad_accumulation_equals_big_batch(tmp_path):
     m1 = NoDrop()
     m2 = NoDrop()
     m2.load_state_dict(m1.state_dict())
-    Engine(cfg(epochs=1, batch_size=32, momentum=0.0, weight_decay=0.0), tmp_path / "a", 0).fit(m1, data, loss_fn)
+    Engine(cfg(epochs=1, batch_size=32, momentum=0.0, weight_decay=0.0), tmp_path / "a", 0).fit(
+        m1, data, loss_fn
+    )
     Engine(cfg(epochs=1, batch_size=16, grad_accum=2, momentum=0.0, weight_decay=0.0), tmp_path / "b", 0).fit(
-        m2, data, loss_fn)
+        m2, data, loss_fn
+    )
     for v1, v2 in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.allclose(v1, v2, atol=1e-6)
 
@@ -172,7 +180,7 @@ def test_cosine_schedule_with_warmup():
         lr_at(TrainConfig(lr_schedule="linear"), 0)
 
 
-DDP_SCRIPT = textwrap.dedent('''
+DDP_SCRIPT = textwrap.dedent("""
     import json, os, sys, torch
     sys.path.insert(0, os.environ["TEST_DIR"])
     from test_engine import Toy, toy_data, loss_fn, cfg
@@ -184,7 +192,7 @@ DDP_SCRIPT = textwrap.dedent('''
     Engine(cfg(epochs=2), out, seed=0).fit(model, data, loss_fn)
     rank = torch.distributed.get_rank()
     torch.save({k: v for k, v in model.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))
-''')
+""")
 
 
 def test_ddp_two_processes_on_cpu(tmp_path):
@@ -192,13 +200,27 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         str(script), str(tmp_path / "run")],
-        env=env, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(script),
+            str(tmp_path / "run"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     w0 = torch.load(tmp_path / "run" / "rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "run" / "rank1.pt", weights_only=True)
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k  # gradients were averaged: replicas stay identical
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 logs once per epoch
+    assert (
+        len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    )  # rank 0 logs once per epoch

@@ -109,7 +109,9 @@ def test_epsilon_shapes_per_stage(source: str) -> None:
 def test_epsilon_switches() -> None:
     torch.manual_seed(0)
     x, w = torch.randn(2, 16, 8), torch.randn(5, 12)
-    m = Epsilon(EpsilonConfig(dim=16, heads=2, group_softmax="groups", fusion="prompt", reg="orth"), 8, 16, 12).eval()
+    m = Epsilon(
+        EpsilonConfig(dim=16, heads=2, group_softmax="groups", fusion="prompt", reg="orth"), 8, 16, 12
+    ).eval()
     gt, tokens, _ = m.encode(x)
     _, A = m.group(gt, tokens)
     torch.testing.assert_close(A.sum(1), torch.ones(2, 16))  # normalised over the groups
@@ -126,9 +128,11 @@ def test_epsilon_switches() -> None:
 
 def _models(in_dim: int = 32, N: int = 16, D: int = 12):
     torch.manual_seed(0)
-    return [Epsilon(EpsilonConfig(dim=32, heads=4), in_dim, N, D),
-            BiAM(BiAMConfig(dim=16, heads=4, top_k=3), in_dim, N, D),
-            GlobalLinear(GlobalLinearConfig(), in_dim, D)]
+    return [
+        Epsilon(EpsilonConfig(dim=32, heads=4), in_dim, N, D),
+        BiAM(BiAMConfig(dim=16, heads=4, top_k=3), in_dim, N, D),
+        GlobalLinear(GlobalLinearConfig(), in_dim, D),
+    ]
 
 
 @pytest.mark.parametrize("i", range(3))

@@ -26,7 +26,9 @@ def images(tmp_path):
     for i, rel in enumerate(RELS):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         size = (40 + 10 * i, 50)  # not square: the resize (no crop) squashes it
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(root / rel, quality=95)
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+            root / rel, quality=95
+        )
     return root
 
 
@@ -45,7 +47,9 @@ def _labels(n, rng):
 def test_vgg19_layout_values_and_provenance(images, tmp_path):
     import torchvision
 
-    torch.manual_seed(0)  # VGG-19 configuration "E" built by torchvision, without the classifier: conv5_4 + ReLU
+    torch.manual_seed(
+        0
+    )  # VGG-19 configuration "E" built by torchvision, without the classifier: conv5_4 + ReLU
     ref = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])[:36].eval()
     wfile = tmp_path / "vgg19.safetensors"
     save_safetensors(wfile, {f"features.{k}": v for k, v in ref.state_dict().items()})
@@ -70,7 +74,9 @@ def test_vgg19_layout_values_and_provenance(images, tmp_path):
     holder.features = ref  # torchvision's key names, as the extractor's
     assert meta["weights_sha256"] == state_dict_hash(holder)
     assert meta["image_list_sha256"] == list_hash([r for r, _ in items]) and meta["n_images"] == 1
-    assert "Resize" in meta["transform"] and "Normalize" in meta["transform"] and "Crop" not in meta["transform"]
+    assert (
+        "Resize" in meta["transform"] and "Normalize" in meta["transform"] and "Crop" not in meta["transform"]
+    )
     assert meta["weights_file"] == str(wfile.resolve()) and meta["has_cls"] is False
     ds = BiAMH5Dataset(out, [r for r, _ in items], n_labels=7)
     x, y = ds[0]
@@ -102,7 +108,11 @@ def test_vit_patch_tokens_and_cls(images, tmp_path):
             assert np.allclose(f[f"{k}-features"][()], tok[1:].T.numpy(), atol=1e-4)
             assert np.allclose(f[f"{k}-cls"][()], tok[0].numpy(), atol=1e-4)
     meta = read_sidecar(out)
-    assert meta["backbone"] == "vit:vit_tiny_patch16_224" and meta["has_cls"] and meta["feature_shape"] == [192, 196]
+    assert (
+        meta["backbone"] == "vit:vit_tiny_patch16_224"
+        and meta["has_cls"]
+        and meta["feature_shape"] == [192, 196]
+    )
     assert meta["label_keys"] == ["labels", "labels_81"]
     featurizer = load_extractor(sidecar_path(out))  # rebuilt from the sidecar: same tokens for the same image
     tokens, cls = featurizer([images / RELS[0]])
@@ -122,7 +132,9 @@ def test_refuses_to_overwrite_and_overwrites_when_told(images, tmp_path):
     sidecar_path(out).unlink()  # a lone h5 without provenance is still not overwritten
     with pytest.raises(FileExistsError):
         extract_h5(images, items, out, backbone="tiny", image_size=32)
-    extract_h5(images, [(RELS[1], np.array([1, 1, 1], np.int8))], out, backbone="tiny", image_size=32, overwrite=True)
+    extract_h5(
+        images, [(RELS[1], np.array([1, 1, 1], np.int8))], out, backbone="tiny", image_size=32, overwrite=True
+    )
     with h5py.File(out) as f:
         assert list(f.keys()) == [f"{h5_name(RELS[1])}-features", f"{h5_name(RELS[1])}-labels"]
     assert json.loads(sidecar_path(out).read_text())["image_list_sha256"] == list_hash([RELS[1]])
@@ -135,15 +147,26 @@ def test_missing_image_is_a_clear_error(images, tmp_path):
         extract_h5(images, items, out, backbone="tiny", image_size=32)
     assert not out.exists() and not sidecar_path(out).exists()
     with pytest.raises(ValueError, match="same h5 name"):
-        extract_h5(images, [(RELS[0], np.zeros(3, np.int8)), (RELS[0], np.zeros(3, np.int8))], out,
-                   backbone="tiny", image_size=32)
+        extract_h5(
+            images,
+            [(RELS[0], np.zeros(3, np.int8)), (RELS[0], np.zeros(3, np.int8))],
+            out,
+            backbone="tiny",
+            image_size=32,
+        )
     with pytest.raises(ValueError, match="unknown extraction backbone"):
         build_extractor("resnet7")
 
 
 def test_tiny_cnn_grid_and_random_init_cannot_be_reloaded(images, tmp_path):
-    out = extract_h5(images, [(r, np.zeros(2, np.int8)) for r in RELS], tmp_path / "t.h5", backbone="tiny",
-                     image_size=64, tiny_widths=[8, 16, 24])
+    out = extract_h5(
+        images,
+        [(r, np.zeros(2, np.int8)) for r in RELS],
+        tmp_path / "t.h5",
+        backbone="tiny",
+        image_size=64,
+        tiny_widths=[8, 16, 24],
+    )
     with h5py.File(out) as f:
         assert f[f"{h5_name(RELS[2])}-features"].shape == (24, 16)  # C5 of 64 px at stride 16: 4 x 4 regions
     meta = read_sidecar(out)
@@ -167,9 +190,23 @@ def test_cli_extract_writes_the_test_layout_and_reads_back(images, tmp_path, cap
     np.save(tmp_path / "seen.npy", seen)
     np.save(tmp_path / "unseen.npy", unseen)
     out = tmp_path / "nus_wide_test.h5"
-    args = ["extract", str(images), str(out), "--list", str(lst), "--labels", str(tmp_path / "seen.npy"),
-            "--unseen-labels", str(tmp_path / "unseen.npy"), "--backbone", "tiny", "--weights", str(wfile),
-            "--image-size", "64"]
+    args = [
+        "extract",
+        str(images),
+        str(out),
+        "--list",
+        str(lst),
+        "--labels",
+        str(tmp_path / "seen.npy"),
+        "--unseen-labels",
+        str(tmp_path / "unseen.npy"),
+        "--backbone",
+        "tiny",
+        "--weights",
+        str(wfile),
+        "--image-size",
+        "64",
+    ]
     assert main(args) == 0
     assert "3 images" in capsys.readouterr().out
     with h5py.File(out) as f:

@@ -50,9 +50,11 @@ def test_cache_detects_stale_inputs(tmp_path):
     f1, meta = cache.load_or_build(exp, build)
     f2, _ = cache.load_or_build(exp, build)
     assert len(calls) == 1 and np.array_equal(f1, f2)  # reused when nothing changed
-    for changed in (provenance("two", net, "tf-B", files),  # transform changed
-                    provenance("two", net, "tf-A", files[::-1]),  # image list changed
-                    provenance("other", net, "tf-A", files)):  # backbone changed
+    for changed in (
+        provenance("two", net, "tf-B", files),  # transform changed
+        provenance("two", net, "tf-A", files[::-1]),  # image list changed
+        provenance("other", net, "tf-A", files),
+    ):  # backbone changed
         ok, why = cache.is_valid(changed)
         assert not ok and "stale" in why
     with torch.no_grad():

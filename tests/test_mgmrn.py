@@ -35,8 +35,12 @@ def test_shapes_parts_resnet101_448(resnet101):
     assert [len(model.mgm[k].blocks) for k in "123"] == [2, 1, 1]
     C = 150
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 448, 448), torch.rand(C, A_CUB), return_attention=True,
-                    return_intermediates=True)
+        out = model(
+            torch.randn(1, 3, 448, 448),
+            torch.rand(C, A_CUB),
+            return_attention=True,
+            return_intermediates=True,
+        )
     it = out["intermediates"]
     assert [tuple(m.shape) for m in it["C"]] == [(1, 512, 56, 56), (1, 1024, 28, 28), (1, 2048, 14, 14)]
     for lv in (1, 2, 3):
@@ -65,8 +69,12 @@ def test_shapes_collapsed_resnet101_448(resnet101):
     model = MgMRN(cfg, torch.randn(A_CUB, 300), backbone=resnet101).eval()
     assert [tuple(model.mgm[k].group.centres.shape) for k in "123"] == [(5, 512), (5, 1024), (5, 2048)]
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 448, 448), torch.rand(7, A_CUB), return_attention=True,
-                    return_intermediates=True)
+        out = model(
+            torch.randn(1, 3, 448, 448),
+            torch.rand(7, A_CUB),
+            return_attention=True,
+            return_intermediates=True,
+        )
     it = out["intermediates"]
     assert [tuple(it["T"][lv].shape) for lv in (1, 2, 3)] == [(1, 392, 256), (1, 392, 256), (1, 196, 256)]
     assert [tuple(a.shape) for a in out["attention"]] == [(1, A_CUB, 392), (1, A_CUB, 392), (1, A_CUB, 196)]
@@ -118,8 +126,11 @@ def tiny_model(seed: int = 0, **kw) -> MgMRN:
 
 def tiny_batch(n: int = 4, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 3, 64, 64, generator=g), torch.rand(C, A, generator=g),
-            torch.randint(0, C, (n,), generator=g))
+    return (
+        torch.randn(n, 3, 64, 64, generator=g),
+        torch.rand(C, A, generator=g),
+        torch.randint(0, C, (n,), generator=g),
+    )
 
 
 def _has_grad(module: torch.nn.Module) -> bool:
@@ -151,12 +162,18 @@ def test_stop_gradient_l1_does_not_reach_coarser_rfms():
 
 
 SEQ_EXPECT = {
-    0: ({"mgm.1", "scam.1", "vsd.1", "backbone.layer2"},
-        {"mgm.2", "mgm.3", "scam.2", "vsd.2", "vsd.3", "backbone.layer3", "backbone.layer4"}),
-    1: ({"mgm.2", "scam.2", "vsd.2", "backbone.layer2", "backbone.layer3"},
-        {"mgm.1", "mgm.3", "scam.1", "vsd.1", "vsd.3", "backbone.layer4"}),
-    2: ({"mgm.3", "vsd.3", "backbone.layer2", "backbone.layer3", "backbone.layer4"},
-        {"mgm.1", "mgm.2", "scam.1", "scam.2", "vsd.1", "vsd.2"}),
+    0: (
+        {"mgm.1", "scam.1", "vsd.1", "backbone.layer2"},
+        {"mgm.2", "mgm.3", "scam.2", "vsd.2", "vsd.3", "backbone.layer3", "backbone.layer4"},
+    ),
+    1: (
+        {"mgm.2", "scam.2", "vsd.2", "backbone.layer2", "backbone.layer3"},
+        {"mgm.1", "mgm.3", "scam.1", "vsd.1", "vsd.3", "backbone.layer4"},
+    ),
+    2: (
+        {"mgm.3", "vsd.3", "backbone.layer2", "backbone.layer3", "backbone.layer4"},
+        {"mgm.1", "mgm.2", "scam.1", "scam.2", "vsd.1", "vsd.2"},
+    ),
 }
 
 
@@ -169,7 +186,10 @@ def test_sequential_substeps_reach_the_right_parameters():
         before = copy.deepcopy(model.state_dict())
         opt.zero_grad(set_to_none=True)
         out = model(x, attrs, targets=y, levels=sub)
-        assert out["levels"] == [sub[0] + 1] and set(out["logs"]) == {f"ce_l{sub[0] + 1}", f"mse_l{sub[0] + 1}"}
+        assert out["levels"] == [sub[0] + 1] and set(out["logs"]) == {
+            f"ce_l{sub[0] + 1}",
+            f"mse_l{sub[0] + 1}",
+        }
         out["loss"].backward()
         reached, untouched = SEQ_EXPECT[sub[0]]
         for name in reached:
@@ -207,8 +227,11 @@ def test_loss_matches_the_spec_formula():
         out = model(x, attrs, targets=y)
     for i, lv in enumerate((1, 2, 3)):
         pred = out["attr_preds"][i]
-        s = 20.0 * (pred / (pred.norm(dim=1, keepdim=True) + 1e-10)) @ (
-            attrs / (attrs.norm(dim=1, keepdim=True) + 1e-10)).t()
+        s = (
+            20.0
+            * (pred / (pred.norm(dim=1, keepdim=True) + 1e-10))
+            @ (attrs / (attrs.norm(dim=1, keepdim=True) + 1e-10)).t()
+        )
         torch.testing.assert_close(out["level_scores"][i], s)
         goal = attrs[y] / (attrs[y].norm(dim=1, keepdim=True) + 1e-10)
         mse = ((pred / (pred.norm(dim=1, keepdim=True) + 1e-10) - goal) ** 2).mean()
@@ -311,11 +334,21 @@ def test_config_schema_and_registration():
     assert all(get_model_entry(n, "attribute").setting == "attribute" for n in ("mgmrn", "attn1", "eszsl"))
     cfg = MgMRNConfig()
     assert (cfg.width, cfg.model_dim, cfg.levels, cfg.n_parts, cfg.grouping, cfg.step_mode) == (
-        2048, 1024, [1, 2, 3], 5, "parts", "joint")
+        2048,
+        1024,
+        [1, 2, 3],
+        5,
+        "parts",
+        "joint",
+    )
     assert cfg.refinement and cfg.mrm_detach and not cfg.mrm_bidirectional and not cfg.attention_scale
-    for bad, match in (({"grouping": "soft"}, "grouping"), ({"levels": [3, 1]}, "levels"),
-                       ({"step_mode": "x"}, "step_mode"), ({"level_weights": [1, 1]}, "level_weights"),
-                       ({"n_level": 1}, "unknown key")):
+    for bad, match in (
+        ({"grouping": "soft"}, "grouping"),
+        ({"levels": [3, 1]}, "levels"),
+        ({"step_mode": "x"}, "step_mode"),
+        ({"level_weights": [1, 1]}, "level_weights"),
+        ({"n_level": 1}, "unknown key"),
+    ):
         with pytest.raises(ConfigError, match=match):
             build_dataclass(MgMRNConfig, bad, "model")
     with pytest.raises(ValueError, match="attribute_embeddings"):
@@ -323,8 +356,9 @@ def test_config_schema_and_registration():
 
 
 def test_attn1_is_single_level_mgmrn():
-    cfg = build_dataclass(Attn1Config, {"backbone": "tiny", "tiny_widths": [16, 24, 32], "width": 32,
-                                        "model_dim": 16})
+    cfg = build_dataclass(
+        Attn1Config, {"backbone": "tiny", "tiny_widths": [16, 24, 32], "width": 32, "model_dim": 16}
+    )
     assert cfg.name == "attn1" and cfg.levels == [3] and cfg.grouping == "none" and not cfg.refinement
     torch.manual_seed(0)
     model = Attn1(cfg, torch.randn(A, E))
@@ -345,7 +379,7 @@ def test_eszsl_closed_form_equals_direct_solve():
     model = ESZSL(ESZSLConfig(), alpha=0.5, beta=-1.0).fit(X, labels, S)
     Y = -np.ones((60, 5))
     Y[np.arange(60), labels] = 1
-    g, lam = 10 ** 0.5, 10 ** -1.0
+    g, lam = 10**0.5, 10**-1.0
     V = np.linalg.solve(X.T @ X + g * np.eye(9), X.T @ Y @ S)
     V = np.linalg.solve((S.T @ S + lam * np.eye(4)).T, V.T).T
     np.testing.assert_allclose(model.V, V, rtol=1e-9, atol=1e-10)

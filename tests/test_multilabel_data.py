@@ -74,7 +74,9 @@ def test_nus_glove_pickle_and_npz(nus):
     assert raw[0].shape == t_npz.shape == (1000, 300) and raw[1].shape == c_npz.shape == (81, 300)
     assert np.array_equal(raw[0], t_npz) and np.array_equal(raw[1], c_npz)
     ls = load_nus_wide_labels(nus)
-    assert np.array_equal(raw[0][ls.overlap_source_index], raw[1][ls.overlap_unseen_index])  # 75 rows identical
+    assert np.array_equal(
+        raw[0][ls.overlap_source_index], raw[1][ls.overlap_unseen_index]
+    )  # 75 rows identical
 
     s_raw, u_raw = load_nus_wide_glove(nus / GLOVE_PKL, ls, normalize=False)
     s_npz, u_npz = load_nus_wide_glove(nus / GLOVE_NPZ, ls, normalize=False)
@@ -84,7 +86,9 @@ def test_nus_glove_pickle_and_npz(nus):
     assert np.linalg.norm(s_raw, axis=1).min() > 3  # raw GloVe, not normalised
 
     s, u = load_nus_wide_glove(nus / GLOVE_PKL, ls)  # default: rows L2-normalised
-    assert np.allclose(np.linalg.norm(s, axis=1), 1, atol=1e-5) and np.allclose(np.linalg.norm(u, axis=1), 1, atol=1e-5)
+    assert np.allclose(np.linalg.norm(s, axis=1), 1, atol=1e-5) and np.allclose(
+        np.linalg.norm(u, axis=1), 1, atol=1e-5
+    )
     assert np.allclose(s, s_raw / np.linalg.norm(s_raw, axis=1, keepdims=True), atol=1e-6)
 
 
@@ -113,7 +117,9 @@ def test_nus_glove_shape_error_and_zero_row(nus, tmp_path):
 def test_nus_crlf_bom_and_blank_lines(nus, tmp_path):
     shutil.copy(nus / "TagList1k.txt", tmp_path / "TagList1k.txt")
     text = (nus / "Concepts81.txt").read_text()
-    (tmp_path / "Concepts81.txt").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode() + b"\r\n\r\n")
+    (tmp_path / "Concepts81.txt").write_bytes(
+        b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode() + b"\r\n\r\n"
+    )
     assert load_nus_wide_labels(tmp_path).names == load_nus_wide_labels(nus).names
     (tmp_path / "Concepts81.txt").write_text("airport\n\nanimal\n")
     with pytest.raises(DataFormatError, match=r"Concepts81\.txt.*line 2 is blank"):
@@ -131,7 +137,9 @@ def test_open_images_label_space(oi):
     assert (ls.n_seen, len(ls.unseen_source_names), ls.n_unseen, ls.n_labels) == (7186, 2594, 400, 7586)
     assert ls.seen_names == seen and ls.seen_names[0] == "/m/0108_09c"
     assert ls.unseen_source_names == unseen_all and ls.unseen_source_names[0] == "/m/011_xr"
-    assert (oi / "top_400_unseen.csv").read_bytes().startswith(b"\xef\xbb\xbf")  # the BOM is there and handled
+    assert (
+        (oi / "top_400_unseen.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    )  # the BOM is there and handled
     assert ls.unseen_source_index[:3].tolist() == [991, 1039, 120]
     assert ls.unseen_names == [unseen_all[i] for i in ls.unseen_source_index]
     assert ls.names[7186] == unseen_all[991]
@@ -158,7 +166,9 @@ def test_open_images_txt_fallback_and_errors(oi, tmp_path):
     # seen and unseen must be disjoint
     seen = _lines(oi / "classes-trainable.txt")
     (tmp_path / "classes-trainable.txt").write_text("\n".join([*seen, "/m/011_xr"]) + "\n")
-    with pytest.raises(DataFormatError, match=r"unseen_labels\.txt.*also in.*classes-trainable\.txt.*disjoint"):
+    with pytest.raises(
+        DataFormatError, match=r"unseen_labels\.txt.*also in.*classes-trainable\.txt.*disjoint"
+    ):
         load_open_images_labels(tmp_path)
     shutil.copy(oi / "classes-trainable.txt", tmp_path / "classes-trainable.txt")
     (tmp_path / "top_400_unseen.csv").write_text("\ufeff5\r\n2594\r\n")
@@ -171,12 +181,25 @@ def test_open_images_txt_fallback_and_errors(oi, tmp_path):
 
 def test_check_multilabel_reports(nus, oi):
     text = "\n".join(check_multilabel("nus_wide", nus))
-    for s in ("tags (TagList1k.txt): 1000", "seen: 925", "unseen (ZSL): 81", "GZSL: 1006", "75/75",
-              ", ".join(NOT_TAGS), "identical: yes"):
+    for s in (
+        "tags (TagList1k.txt): 1000",
+        "seen: 925",
+        "unseen (ZSL): 81",
+        "GZSL: 1006",
+        "75/75",
+        ", ".join(NOT_TAGS),
+        "identical: yes",
+    ):
         assert s in text
     text = "\n".join(check_multilabel("open_images", oi))
-    for s in ("seen (classes-trainable.txt): 7186", "2594", "400", "GZSL: 7586", "disjoint: yes",
-              "19995 rows; labels without one: 0"):
+    for s in (
+        "seen (classes-trainable.txt): 7186",
+        "2594",
+        "400",
+        "GZSL: 7586",
+        "disjoint: yes",
+        "19995 rows; labels without one: 0",
+    ):
         assert s in text
     with pytest.raises(ValueError, match="unknown"):
         check_multilabel("coco", nus)
@@ -214,7 +237,9 @@ def test_malicious_pickles_are_refused(nus, tmp_path):
 
 def test_unseen_pickle_disagreeing_with_txt(tmp_path):
     (tmp_path / "classes-trainable.txt").write_text("/m/s1\n/m/s2\n")
-    (tmp_path / "unseen_labels.pkl").write_bytes(pickle.dumps(np.array(["/m/u1", "/m/u2"], dtype=object), protocol=2))
+    (tmp_path / "unseen_labels.pkl").write_bytes(
+        pickle.dumps(np.array(["/m/u1", "/m/u2"], dtype=object), protocol=2)
+    )
     (tmp_path / "unseen_labels.txt").write_text("/m/u2\n/m/u1\n")
     (tmp_path / "top_400_unseen.csv").write_bytes(b"\xef\xbb\xbf1\r\n")
     with pytest.raises(DataFormatError, match=r"unseen_labels\.pkl.*disagree.*unseen_labels\.txt"):
@@ -273,7 +298,10 @@ def test_biam_h5_open_images_roundtrip(tmp_path):
     (tmp_path / "unseen_labels.txt").write_text("\n".join(ls_unseen) + "\n")
     (tmp_path / "top_400_unseen.csv").write_bytes(b"\xef\xbb\xbf3\r\n0\r\n")
     ls = load_open_images_labels(tmp_path)
-    items = [(f"img{i:03d}", _feat(rng), {"seenlabels": _lab(rng, 6), "unseenlabels": _lab(rng, 5)}) for i in range(4)]
+    items = [
+        (f"img{i:03d}", _feat(rng), {"seenlabels": _lab(rng, 6), "unseenlabels": _lab(rng, 5)})
+        for i in range(4)
+    ]
     path = tmp_path / "oi_test.h5"
     assert write_biam_h5(path, items, attrs={"resolution": 224, "backbone": "vgg19"}) == 4
     with h5py.File(path) as f:
@@ -289,7 +317,9 @@ def test_biam_h5_open_images_roundtrip(tmp_path):
         assert zsl[i][1].tolist() == [lab["unseenlabels"][3], lab["unseenlabels"][0]]
 
 
-def _write_one(path: Path, features: np.ndarray, labels: np.ndarray, name: str = "a_1.jpg", extra: bool = True):
+def _write_one(
+    path: Path, features: np.ndarray, labels: np.ndarray, name: str = "a_1.jpg", extra: bool = True
+):
     with h5py.File(path, "w") as f:
         f.create_dataset(f"{name}-features", data=features)
         f.create_dataset(f"{name}-labels", data=labels)
@@ -341,8 +371,11 @@ def test_biam_h5_bad_inputs(tmp_path):
 
 def test_load_biam_names(tmp_path):
     p = tmp_path / "img_names.pkl"
-    p.write_bytes(pickle.dumps({"img_names": np.array(["actor/0002_1.jpg", "sky/0003_2.jpg"], dtype=object)},
-                               protocol=2))
+    p.write_bytes(
+        pickle.dumps(
+            {"img_names": np.array(["actor/0002_1.jpg", "sky/0003_2.jpg"], dtype=object)}, protocol=2
+        )
+    )
     assert load_biam_names(p) == ["actor_0002_1.jpg", "sky_0003_2.jpg"]
     t = tmp_path / "names.txt"
     t.write_text("actor/0002_1.jpg\r\n")

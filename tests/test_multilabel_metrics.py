@@ -98,8 +98,13 @@ def test_ap_heavy_ties_small_random():
     for _ in range(40):
         N, C = int(rng.integers(1, 40)), int(rng.integers(1, 6))
         s, y = _random_case(rng, N, C, ties=True, p=(0.35, 0.3, 0.35), dtype=np.float64)
-        np.testing.assert_allclose(average_precision(s, y, chunk_size=int(rng.integers(1, 4))), _sklearn_ap(s, y),
-                                   rtol=0, atol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(
+            average_precision(s, y, chunk_size=int(rng.integers(1, 4))),
+            _sklearn_ap(s, y),
+            rtol=0,
+            atol=1e-12,
+            equal_nan=True,
+        )
 
 
 def test_ap_hand_computed():
@@ -186,10 +191,8 @@ def test_image_filter_has_positive():
 
 
 def test_prf_hand_computed(prf_path):
-    s = np.array([[0.9, 0.8, 0.1, 0.7],
-                  [0.1, 0.2, 0.3, 0.4]])
-    y = np.array([[1, 0, 1, -1],
-                  [1, -1, 0, 1]], dtype=np.int8)
+    s = np.array([[0.9, 0.8, 0.1, 0.7], [0.1, 0.2, 0.3, 0.4]])
+    y = np.array([[1, 0, 1, -1], [1, -1, 0, 1]], dtype=np.int8)
     # K=2: image 0 top {0, 1}: TP 1 (label 0 at col 1 is a FP); image 1 top {3, 2}: TP 1 -> TP 2
     out = precision_recall_f1_at_k(s, y, ks=(2,))
     assert out["P@2"] == pytest.approx(2 / 4) and out["R@2"] == pytest.approx(2 / 4)
@@ -264,10 +267,13 @@ def test_chunk_size_invariance(ties, prf_path):
     ref_ap = average_precision(s, y)
     for cs in (1, 2, 5, 16, 37, 1000):
         np.testing.assert_array_equal(average_precision(s, y, chunk_size=cs), ref_ap)
-        out = evaluate_multilabel(s, y, ks=(1, 5, 10), image_filter="has_positive", chunk_size=cs,
-                                  row_chunk_size=cs)
+        out = evaluate_multilabel(
+            s, y, ks=(1, 5, 10), image_filter="has_positive", chunk_size=cs, row_chunk_size=cs
+        )
         assert out == ref or all(
-            (isinstance(v, float) and math.isnan(v) and math.isnan(out[k])) or out[k] == v for k, v in ref.items())
+            (isinstance(v, float) and math.isnan(v) and math.isnan(out[k])) or out[k] == v
+            for k, v in ref.items()
+        )
 
 
 def test_inputs_not_modified():
@@ -347,8 +353,9 @@ def test_prf_kth_place_ties_exhaustive(prf_path):
         s = rng.integers(0, 3, size=(N, C)).astype(np.float32)
         y = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=(N, C))
         ks = tuple(range(1, C + 1))
-        _assert_dict_close(_loop_prf(s, y, ks), precision_recall_f1_at_k(s, y, ks=ks,
-                                                                          chunk_size=int(rng.integers(1, 8))))
+        _assert_dict_close(
+            _loop_prf(s, y, ks), precision_recall_f1_at_k(s, y, ks=ks, chunk_size=int(rng.integers(1, 8)))
+        )
 
 
 def test_signed_zero_is_one_tie(prf_path):
@@ -401,8 +408,12 @@ def test_input_layouts_and_dtypes():
     assert rev["mAP"] == pytest.approx(ref["mAP"], abs=1e-12)  # AP does not depend on the order
     t = torch.from_numpy(np.ascontiguousarray(sv))
     for dt in (torch.float16, torch.bfloat16, torch.float64):  # small integers: exact in every dtype
-        assert evaluate_multilabel(t.to(dt), torch.from_numpy(yv.copy()).long(), ks=(1, 4),
-                                   image_filter="has_positive") == ref
+        assert (
+            evaluate_multilabel(
+                t.to(dt), torch.from_numpy(yv.copy()).long(), ks=(1, 4), image_filter="has_positive"
+            )
+            == ref
+        )
 
 
 def test_integer_labels_out_of_range_rejected():
@@ -428,8 +439,10 @@ def test_dense_and_sparse_ap_paths_identical(seed, monkeypatch):
     for frac in (0.0, 2.0):  # every matrix dense / every matrix sparse
         monkeypatch.setattr(M, "_DENSE_FRACTION", frac)
         out[frac] = [average_precision(s, y, chunk_size=cs) for cs in (None, 1, 7)]
-        out[frac] += [mean_average_precision(s, y, image_filter="has_positive", chunk_size=cs)["per_class"]
-                      for cs in (None, 4)]
+        out[frac] += [
+            mean_average_precision(s, y, image_filter="has_positive", chunk_size=cs)["per_class"]
+            for cs in (None, 4)
+        ]
     for res in out.values():  # chunk sizes do not matter
         np.testing.assert_array_equal(res[0], res[1])
         np.testing.assert_array_equal(res[0], res[2])
@@ -441,7 +454,9 @@ def test_dense_and_sparse_ap_paths_identical(seed, monkeypatch):
     np.testing.assert_allclose(out[0.0][3], _sklearn_ap(s[keep], y[keep]), rtol=0, atol=1e-12, equal_nan=True)
 
 
-@pytest.mark.parametrize("ap_entries", [1 << 22, 40])  # annotated entries kept / dropped mid-way (dense count)
+@pytest.mark.parametrize(
+    "ap_entries", [1 << 22, 40]
+)  # annotated entries kept / dropped mid-way (dense count)
 def test_bad_labels_found_in_every_block(ap_entries, monkeypatch):
     import unseen.multilabel.metrics as M
 

@@ -22,8 +22,11 @@ def _world(root: Path, seed: int = 0, n_train: int = 240, n_test: int = 60) -> N
     (root / "TagList1k.txt").write_text("\n".join(TAGS) + "\n")
     (root / "Concepts81.txt").write_text("\r\n".join(CONCEPTS) + "\r\n")  # CRLF, as BiAM's copy
     words = {w: rng.normal(size=DIM) for w in sorted(set(TAGS) | set(CONCEPTS))}
-    np.savez(root / "glove300_tags1k_concepts81.npz", tags1k=np.stack([words[t] for t in TAGS]).astype(np.float32),
-             concepts81=np.stack([words[c] for c in CONCEPTS]).astype(np.float32))
+    np.savez(
+        root / "glove300_tags1k_concepts81.npz",
+        tags1k=np.stack([words[t] for t in TAGS]).astype(np.float32),
+        concepts81=np.stack([words[c] for c in CONCEPTS]).astype(np.float32),
+    )
     seen = [t for t in TAGS if t not in CONCEPTS]
     space = seen + CONCEPTS
     mix = rng.normal(size=(DIM, C_FEAT)) / np.sqrt(DIM)
@@ -53,8 +56,15 @@ def _cfg(root: Path, out: Path, model: str, extra: list[str] | None = None):
     from unseen.runs import resolve_config_path
 
     name = {"epsilon": "epsilon_nus_wide", "biam": "biam_nus_wide"}.get(model, "epsilon_nus_wide")
-    over = [f"data.root={root}", f"output_dir={out}", "train.epochs=3", "train.warmup_epochs=1", "train.device=cpu",
-            "eval.batch_size=64", f"name={model}"]
+    over = [
+        f"data.root={root}",
+        f"output_dir={out}",
+        "train.epochs=3",
+        "train.warmup_epochs=1",
+        "train.device=cpu",
+        "eval.batch_size=64",
+        f"name={model}",
+    ]
     if model == "epsilon":
         over += ["model.dim=32", "model.heads=4", "model.layers=1"]
     elif model == "biam":
@@ -64,8 +74,18 @@ def _cfg(root: Path, out: Path, model: str, extra: list[str] | None = None):
     if model != "global_linear":
         return load_config(resolve_config_path(f"multilabel/{name}"), over + (extra or []))
     base = [o for o in over if not o.startswith("model.")]
-    return load_config(None, ["setting=multilabel", "data.name=nus_wide", "model.name=global_linear",
-                              "train.lr=0.01", "train.optimizer=adam", *base, *(extra or [])])
+    return load_config(
+        None,
+        [
+            "setting=multilabel",
+            "data.name=nus_wide",
+            "model.name=global_linear",
+            "train.lr=0.01",
+            "train.optimizer=adam",
+            *base,
+            *(extra or []),
+        ],
+    )
 
 
 @pytest.mark.parametrize("model", ["epsilon", "biam", "global_linear"])
@@ -115,8 +135,11 @@ def test_missing_feature_file_and_bad_label_length(nus_root: Path, tmp_path: Pat
         runs.run_config(cfg, tmp_path / "r1")
     bad = tmp_path / "bad.h5"
     rng = np.random.default_rng(0)
-    write_biam_h5(bad, [("x/a.jpg", rng.normal(size=(C_FEAT, N_TOK)).astype(np.float32), np.ones(13, np.int8))],
-                  feature_shape=(C_FEAT, N_TOK))
+    write_biam_h5(
+        bad,
+        [("x/a.jpg", rng.normal(size=(C_FEAT, N_TOK)).astype(np.float32), np.ones(13, np.int8))],
+        feature_shape=(C_FEAT, N_TOK),
+    )
     cfg = _cfg(nus_root, tmp_path, "epsilon", [f"data.test_h5={bad}"])
     with pytest.raises(DataFormatError, match="x_a.jpg-labels"):
         runs.run_config(cfg, tmp_path / "r2")
@@ -129,11 +152,23 @@ def test_embedded_world_run_and_predict_from_image_files(tmp_path: Path) -> None
     from unseen.config import load_config
     from unseen.runs import resolve_config_path
 
-    world = ("{seed: 3, n_colours: 5, n_shapes: 5, n_categories: 18, n_unseen: 5, n_train: 60, n_test: 24, "
-             "image_size: 48, supersample: 1, max_distractors: 1}")
-    cfg = load_config(resolve_config_path("multilabel/demo_epsilon"),
-                      [f"data.world={world}", "data.extractor={epochs: 1, widths: [8, 16, 24]}", f"output_dir={tmp_path}",
-                       "train.epochs=2", "model.dim=32", "model.layers=1", "model.groups=3", "model.global_groups=3"])
+    world = (
+        "{seed: 3, n_colours: 5, n_shapes: 5, n_categories: 18, n_unseen: 5, n_train: 60, n_test: 24, "
+        "image_size: 48, supersample: 1, max_distractors: 1}"
+    )
+    cfg = load_config(
+        resolve_config_path("multilabel/demo_epsilon"),
+        [
+            f"data.world={world}",
+            "data.extractor={epochs: 1, widths: [8, 16, 24]}",
+            f"output_dir={tmp_path}",
+            "train.epochs=2",
+            "model.dim=32",
+            "model.layers=1",
+            "model.groups=3",
+            "model.global_groups=3",
+        ],
+    )
     res = runs.run_config(cfg, runs.new_run_dir(cfg))
     run_dir = Path(res["run_dir"])
     assert res["world"]["extractor"]["widths"] == [8, 16, 24]

@@ -25,8 +25,14 @@ from unseen.shapes import (
 )
 
 TINY = AttributeWorldConfig(
-    seed=3, n_classes=10, n_unseen=2, n_val=2, images_per_class=5, image_size=32,
-    n_pretrain_classes=3, pretrain_images_per_class=2,
+    seed=3,
+    n_classes=10,
+    n_unseen=2,
+    n_val=2,
+    images_per_class=5,
+    image_size=32,
+    n_pretrain_classes=3,
+    pretrain_images_per_class=2,
 )
 LOCS = ("trainval_loc", "test_seen_loc", "test_unseen_loc", "train_loc", "val_loc")
 
@@ -69,12 +75,14 @@ def test_mat_fields_dtypes_shapes(world_dir):
     for key in ("att", "original_att"):
         assert m[key].shape == (A, C) and m[key].dtype == np.float64
     np.testing.assert_allclose(np.linalg.norm(m["att"], axis=0), 1.0, atol=1e-12)
-    np.testing.assert_allclose(m["att"], m["original_att"] / np.linalg.norm(m["original_att"], axis=0), atol=1e-12)
+    np.testing.assert_allclose(
+        m["att"], m["original_att"] / np.linalg.norm(m["original_att"], axis=0), atol=1e-12
+    )
     orig = m["original_att"]
     assert orig.min() >= 0 and orig.max() <= 100
     start = 0
     for _, _, values in PROPERTIES:  # every property's value frequencies sum to 100 %
-        np.testing.assert_allclose(orig[start:start + len(values)].sum(0), 100.0, atol=1e-9)
+        np.testing.assert_allclose(orig[start : start + len(values)].sum(0), 100.0, atol=1e-9)
         start += len(values)
     n = TINY.n_classes * TINY.images_per_class
     for key in LOCS:
@@ -140,7 +148,9 @@ def test_unseen_are_new_combinations_of_training_values(world_dir):
     for seed in range(5):
         w = build_attribute_world(AttributeWorldConfig(seed=seed))
         have = {(j, w.classes[c].modal[j]) for c in w.train for j in range(len(PROPERTIES))}
-        assert all((j, w.classes[c].modal[j]) in have for c in w.unseen + w.val for j in range(len(PROPERTIES)))
+        assert all(
+            (j, w.classes[c].modal[j]) in have for c in w.unseen + w.val for j in range(len(PROPERTIES))
+        )
 
 
 def test_images_exist_with_configured_size(world_dir):
@@ -177,7 +187,11 @@ def test_word_vectors_share_words():
     w = attribute_word_vectors().astype(np.float64)
     names = attribute_names()
     w /= np.linalg.norm(w, axis=1, keepdims=True)
-    i, j, k = names.index("head::colour::red"), names.index("body::colour::red"), names.index("body::shape::circle")
+    i, j, k = (
+        names.index("head::colour::red"),
+        names.index("body::colour::red"),
+        names.index("body::shape::circle"),
+    )
     assert w[i] @ w[j] > w[i] @ w[k]
     np.testing.assert_array_equal(attribute_word_vectors(), attribute_word_vectors())
 

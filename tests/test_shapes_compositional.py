@@ -38,8 +38,19 @@ from unseen.shapes.compositional_world import (
 )
 
 TINY = CompositionalWorldConfig(
-    seed=5, n_states=6, n_objects=8, n_val_unseen=3, n_test_unseen=3, n_val_seen=3, n_test_seen=3,
-    train_images=2, val_images=2, test_images=2, pretrain_images=3, n_na_images=2, image_size=32,
+    seed=5,
+    n_states=6,
+    n_objects=8,
+    n_val_unseen=3,
+    n_test_unseen=3,
+    n_val_seen=3,
+    n_test_seen=3,
+    train_images=2,
+    val_images=2,
+    test_images=2,
+    pretrain_images=3,
+    n_na_images=2,
+    image_size=32,
 )
 SETS = ("train", "val", "test")
 #: pretraining recipe for the random 32 px test CLIP (seconds on CPU)
@@ -84,8 +95,10 @@ def test_deterministic_and_seed_dependent(world_dir, tmp_path):
     assert export_compositional_world(world_dir, TINY) == world_dir  # an existing identical world is reused
     verify_compositional_world(world_dir)
     other = build_compositional_world(replace(TINY, seed=6))
-    assert other.train_pairs != build_compositional_world(TINY).train_pairs or \
-        other.val_unseen != build_compositional_world(TINY).val_unseen
+    assert (
+        other.train_pairs != build_compositional_world(TINY).train_pairs
+        or other.val_unseen != build_compositional_world(TINY).val_unseen
+    )
 
 
 def test_czsl_layout(world_dir):
@@ -142,8 +155,11 @@ def test_reader_agrees(world_dir):
     data = load_czsl(world_dir)
     counts = json.loads((world_dir / "world.json").read_text())["counts"]
     assert (data.n_attrs, data.n_objs) == (counts["states"], counts["objects"])
-    assert (len(data.train), len(data.val), len(data.test)) == \
-        (counts["train_images"], counts["val_images"], counts["test_images"])
+    assert (len(data.train), len(data.val), len(data.test)) == (
+        counts["train_images"],
+        counts["val_images"],
+        counts["test_images"],
+    )
     assert data.skipped["attr_na"] + data.skipped["set_na"] == TINY.n_na_images
     assert not data.missing_images
 
@@ -162,13 +178,17 @@ def test_glove_file(world_dir):
     def cos(a: str, b: str) -> float:
         return float(vec[a] @ vec[b] / np.linalg.norm(vec[a]) / np.linalg.norm(vec[b]))
 
-    assert cos("red", "orange") > cos("red", "blue") and cos("striped", "polka.dotted") > cos("striped", "red")
+    assert cos("red", "orange") > cos("red", "blue") and cos("striped", "polka.dotted") > cos(
+        "striped", "red"
+    )
     assert cos("square", "rectangle") > cos("square", "circle")
 
 
 def test_feasibility_from_word_vectors_finds_unused_pairs():
     """CompCos feasibility (brute force here) ranks the used unseen pairs above the never-used pairs."""
-    world = build_compositional_world(CompositionalWorldConfig())  # the demo world's specification (no pixels)
+    world = build_compositional_world(
+        CompositionalWorldConfig()
+    )  # the demo world's specification (no pixels)
     vec = concept_vectors()
     train = set(world.train_pairs)
 
@@ -269,7 +289,9 @@ def test_pretrained_weights_cached_loadable_and_deterministic(world_dir, tmp_pat
     assert not any(p.requires_grad for p in loaded.parameters())
     # cached: a second call does not retrain
     mtime = path.stat().st_mtime_ns
-    assert pretrained_tiny_clip(world_dir, cfg, show_progress=False) == path and path.stat().st_mtime_ns == mtime
+    assert (
+        pretrained_tiny_clip(world_dir, cfg, show_progress=False) == path and path.stat().st_mtime_ns == mtime
+    )
     # stale (the file's recorded key does not match): rebuilt
     path.write_bytes(b"not a safetensors file")
     assert pretrained_tiny_clip(world_dir, cfg, show_progress=False) == path
@@ -312,4 +334,6 @@ def test_zero_shot_accuracy_matches_open_clip_pipeline(world_dir):
     assert r["images"] == len(hits[True]) + len(hits[False])
     assert math.isclose(r["seen"], np.mean(hits[True]), abs_tol=1e-6)  # float32 mean vs float64
     assert math.isclose(r["unseen"], np.mean(hits[False]), abs_tol=1e-6)
-    assert math.isclose(r["unseen_only"], np.mean(only), abs_tol=1e-6) and r["unseen_candidates"] == len(ucols)
+    assert math.isclose(r["unseen_only"], np.mean(only), abs_tol=1e-6) and r["unseen_candidates"] == len(
+        ucols
+    )

@@ -36,8 +36,18 @@ from unseen.shapes.multilabel_world import (
     verify_multilabel_world,
 )
 
-TINY = MultilabelWorldConfig(seed=3, n_colours=4, n_shapes=4, n_categories=12, n_unseen=3, n_train=30, n_test=20,
-                             image_size=48, supersample=1, max_distractors=1)
+TINY = MultilabelWorldConfig(
+    seed=3,
+    n_colours=4,
+    n_shapes=4,
+    n_categories=12,
+    n_unseen=3,
+    n_train=30,
+    n_test=20,
+    image_size=48,
+    supersample=1,
+    max_distractors=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +66,9 @@ def test_world_is_deterministic(world_dir, tmp_path):
         assert file_sha256(again / rel) == file_sha256(world_dir / rel), rel
     verify_multilabel_world(world_dir)
     other = build_multilabel_world(replace(TINY, seed=4))
-    assert [c.name for c in other.unseen] != [c.name for c in build_multilabel_world(TINY).unseen] or \
-        [c.name for c in other.seen] != [c.name for c in build_multilabel_world(TINY).seen]
+    assert [c.name for c in other.unseen] != [c.name for c in build_multilabel_world(TINY).unseen] or [
+        c.name for c in other.seen
+    ] != [c.name for c in build_multilabel_world(TINY).seen]
 
 
 def test_existing_world_is_reused_and_others_are_refused(world_dir, tmp_path):
@@ -113,14 +124,25 @@ def test_semantic_vectors_follow_the_words():
 
 def test_occlusion_gives_unknown_and_hidden_labels():
     """Geometry oracle: a square hiding all but a circular segment of a circle -> the segment's area fraction."""
-    cfg = replace(TINY, image_size=100, supersample=1, clutter=0.0, occluder_prob=0.0, colour_jitter=0.0,
-                  pixel_noise=0.0)
-    half = 20.0 * math.sqrt(2.0)  # circumradius of an axis-aligned square of half-side 20: x in 26..66, y in 30..70
-    objs = [SceneObject(Category("red", "circle"), 0, (30.0, 50.0), 10.0, 0.0, "solid"),
-            SceneObject(Category("black", "circle"), 3, (55.0, 55.0), 6.0, 0.0, "solid"),  # under the square
-            SceneObject(Category("blue", "circle"), 1, (80.0, 20.0), 3.0, 0.0, "solid"),
-            SceneObject(Category("green", "square"), 2, (46.0, 50.0), half, 0.0, "solid"),
-            SceneObject(Category("blue", "circle"), 1, (62.0, 50.0), 5.0, 0.0, "solid")]  # in front of the square
+    cfg = replace(
+        TINY,
+        image_size=100,
+        supersample=1,
+        clutter=0.0,
+        occluder_prob=0.0,
+        colour_jitter=0.0,
+        pixel_noise=0.0,
+    )
+    half = 20.0 * math.sqrt(
+        2.0
+    )  # circumradius of an axis-aligned square of half-side 20: x in 26..66, y in 30..70
+    objs = [
+        SceneObject(Category("red", "circle"), 0, (30.0, 50.0), 10.0, 0.0, "solid"),
+        SceneObject(Category("black", "circle"), 3, (55.0, 55.0), 6.0, 0.0, "solid"),  # under the square
+        SceneObject(Category("blue", "circle"), 1, (80.0, 20.0), 3.0, 0.0, "solid"),
+        SceneObject(Category("green", "square"), 2, (46.0, 50.0), half, 0.0, "solid"),
+        SceneObject(Category("blue", "circle"), 1, (62.0, 50.0), 5.0, 0.0, "solid"),
+    ]  # in front of the square
     render_scene(objs, cfg, np.random.default_rng(0))
     r, h = 10.0, 6.0  # the red circle keeps the segment x < 26, of height 6
     segment = r * r * math.acos((r - h) / r) - (r - h) * math.sqrt(2 * r * h - h * h)
@@ -152,16 +174,23 @@ def test_export_reads_back_through_the_nus_wide_readers(world_dir):
     in_tags = [c.name for c in world.unseen if c.name in world.taglist]
     assert len(ls.overlap_source_index) == len(in_tags) == meta["counts"]["unseen_in_taglist"]
     seen_w, unseen_w = load_nus_wide_glove(world_dir / GLOVE_FILE, ls)
-    expect = l2_normalize_rows(np.stack([category_vector(c, TINY.semantic_noise) for c in world.label_categories]))
+    expect = l2_normalize_rows(
+        np.stack([category_vector(c, TINY.semantic_noise) for c in world.label_categories])
+    )
     assert np.allclose(np.concatenate([seen_w, unseen_w]), expect, atol=1e-6)
-    with open(world_dir / GLOVE_FILE, "rb") as f:  # overlapping tag rows equal the concept rows, as in NUS-WIDE
+    with open(
+        world_dir / GLOVE_FILE, "rb"
+    ) as f:  # overlapping tag rows equal the concept rows, as in NUS-WIDE
         tags, concepts = pickle.load(f)
     assert np.array_equal(tags[ls.overlap_source_index], concepts[ls.overlap_unseen_index])
 
     train = load_biam_names(world_dir / "img_names.pkl")
     test = load_biam_names(world_dir / "test_img_names.pkl")
     assert len(train) == TINY.n_train and len(test) == TINY.n_test and not set(train) & set(test)
-    files = {h5_name(p.relative_to(world_dir / IMAGE_DIR).as_posix()) for p in (world_dir / IMAGE_DIR).rglob("*.png")}
+    files = {
+        h5_name(p.relative_to(world_dir / IMAGE_DIR).as_posix())
+        for p in (world_dir / IMAGE_DIR).rglob("*.png")
+    }
     assert files == set(train) | set(test)
     ytr, yte = np.load(world_dir / "train_labels.npy"), np.load(world_dir / "test_labels.npy")
     assert ytr.dtype == np.int8 and ytr.shape == (TINY.n_train, ls.n_seen)  # seen labels only in training
@@ -194,7 +223,7 @@ def test_h5_written_from_the_world_reads_back(world_dir, tmp_path):
     yte = np.load(world_dir / "test_labels.npy")
     rng = np.random.default_rng(0)
     feats = rng.random((len(names), 8, 9), dtype=np.float32)
-    items = [(n, feats[i], {"labels": yte[i], "labels_81": yte[i, ls.n_seen:]}) for i, n in enumerate(names)]
+    items = [(n, feats[i], {"labels": yte[i], "labels_81": yte[i, ls.n_seen :]}) for i, n in enumerate(names)]
     write_biam_h5(tmp_path / "t.h5", items, feature_shape=(8, 9))
     ds = BiAMH5Dataset(tmp_path / "t.h5", names, n_labels=ls.n_labels, feature_shape=(8, 9))
     x, y = ds[len(names) - 1]

@@ -65,8 +65,12 @@ REAL = {
 @functools.cache
 def _load_real(shared: str, ds: str) -> XLSA17Data:
     s = Path(shared)
-    return load_xlsa17(s / "xlsa17" / ds, image_list=s / "image_lists" / f"{ds}.json.gz",
-                       w2v=s / "attribute_w2v" / f"{ds}_attribute.pkl", check_images=0)
+    return load_xlsa17(
+        s / "xlsa17" / ds,
+        image_list=s / "image_lists" / f"{ds}.json.gz",
+        w2v=s / "attribute_w2v" / f"{ds}_attribute.pkl",
+        check_images=0,
+    )
 
 
 def _real(shared_data: Path, ds: str) -> XLSA17Data:
@@ -84,12 +88,22 @@ def test_real_counts_and_splits(shared_data, ds):
     assert d.n_attributes == A
     assert d.n_images == n == len(d.labels) == len(d.image_files)
     assert (len(d.trainval_loc), len(d.test_seen_loc), len(d.test_unseen_loc)) == e["splits"]
-    for arr in (d.trainval_loc, d.test_seen_loc, d.test_unseen_loc, d.train_loc, d.val_loc, d.labels,
-                d.seen_classes, d.unseen_classes):
+    for arr in (
+        d.trainval_loc,
+        d.test_seen_loc,
+        d.test_unseen_loc,
+        d.train_loc,
+        d.val_loc,
+        d.labels,
+        d.seen_classes,
+        d.unseen_classes,
+    ):
         assert arr.dtype == np.int64
     assert d.att.shape == d.original_att.shape == d.class_attributes.shape == (C, A)
     assert d.att.dtype == d.original_att.dtype == d.class_attributes.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(d.att, axis=1), 1.0, atol=1e-4)  # columns of the file, normalised
+    np.testing.assert_allclose(
+        np.linalg.norm(d.att, axis=1), 1.0, atol=1e-4
+    )  # columns of the file, normalised
     np.testing.assert_array_equal(d.class_attributes, d.original_att)  # default semantics
     assert d.semantics == "original_att"
     assert d.features is None
@@ -106,8 +120,9 @@ def test_real_counts_and_splits(shared_data, ds):
     assert np.intersect1d(tr_cls, val_cls).size == 0
     # train_loc + val_loc = trainval_loc + test_seen_loc as multisets: the same images, disjoint, none twice
     assert np.intersect1d(d.train_loc, d.val_loc).size == 0
-    assert sorted(np.concatenate([d.train_loc, d.val_loc]).tolist()) == \
-        sorted(np.concatenate([d.trainval_loc, d.test_seen_loc]).tolist())
+    assert sorted(np.concatenate([d.train_loc, d.val_loc]).tolist()) == sorted(
+        np.concatenate([d.trainval_loc, d.test_seen_loc]).tolist()
+    )
     assert np.array_equal(np.union1d(d.train_loc, d.val_loc), np.union1d(d.trainval_loc, d.test_seen_loc))
     xlsa = shared_data / "xlsa17" / ds
     if ds == "CUB":
@@ -176,21 +191,30 @@ def test_real_awa2_missing_attribute_values(shared_data):
     awa2 = _real(shared_data, "AWA2")
     assert int((awa2.original_att == -1).sum()) == 4 and awa2.att.min() < 0
     image_list = shared_data / "image_lists" / "AWA2.json.gz"
-    clamped = load_xlsa17(shared_data / "xlsa17" / "AWA2", image_list=image_list, check_images=0,
-                          negative_att="clamp0").class_attributes
+    clamped = load_xlsa17(
+        shared_data / "xlsa17" / "AWA2", image_list=image_list, check_images=0, negative_att="clamp0"
+    ).class_attributes
     assert clamped.min() == 0 and int((clamped == 0).sum()) == int((orig <= 0).sum())
-    clamped_att = load_xlsa17(shared_data / "xlsa17" / "AWA2", image_list=image_list, check_images=0,
-                              negative_att="clamp0", semantics="att")
+    clamped_att = load_xlsa17(
+        shared_data / "xlsa17" / "AWA2",
+        image_list=image_list,
+        check_images=0,
+        negative_att="clamp0",
+        semantics="att",
+    )
     assert clamped_att.class_attributes.min() == 0.0 and clamped_att.semantics == "att"
 
 
-@pytest.mark.parametrize("ds,shape,counts", [
-    ("AWA1", (50, 85), (19832, 4958, 5685)),
-    ("APY", (32, 64), (5932, 1483, 7924)),
-    ("AWA2", (50, 85), (23527, 5882, 7913)),
-    ("CUB", (200, 312), (7057, 1764, 2967)),
-    ("SUN", (717, 102), (10320, 2580, 1440)),
-])
+@pytest.mark.parametrize(
+    "ds,shape,counts",
+    [
+        ("AWA1", (50, 85), (19832, 4958, 5685)),
+        ("APY", (32, 64), (5932, 1483, 7924)),
+        ("AWA2", (50, 85), (23527, 5882, 7913)),
+        ("CUB", (200, 312), (7057, 1764, 2967)),
+        ("SUN", (717, 102), (10320, 2580, 1440)),
+    ],
+)
 def test_real_read_att_splits(shared_data, ds, shape, counts):
     root = shared_data / "xlsa17" / ds
     s = read_att_splits(root / "att_splits.mat")
@@ -242,10 +266,14 @@ def test_real_val_split_from_class_lists(shared_data, tmp_path, ds):
         assert (len(got.train_loc), len(got.val_loc)) == REAL[ds]["val"][:2]
         np.testing.assert_array_equal(got.train_loc, np.sort(official.train_loc))
         np.testing.assert_array_equal(got.val_loc, np.sort(official.val_loc))
-        assert np.array_equal(np.unique(got.labels[got.val_loc]), np.unique(official.labels[official.val_loc]))
+        assert np.array_equal(
+            np.unique(got.labels[got.val_loc]), np.unique(official.labels[official.val_loc])
+        )
     if ds == "SUN":
         # the class-list rule reproduces the official SUN train_loc / val_loc of the file exactly
-        np.testing.assert_array_equal(beside.train_loc, np.sort(raw["train_loc"].astype(np.int64).ravel() - 1))
+        np.testing.assert_array_equal(
+            beside.train_loc, np.sort(raw["train_loc"].astype(np.int64).ravel() - 1)
+        )
         np.testing.assert_array_equal(beside.val_loc, np.sort(raw["val_loc"].astype(np.int64).ravel() - 1))
         # an unknown class name in a class list is an error naming the file and the name
         lists = tmp_path / "lists"
@@ -280,8 +308,12 @@ def test_real_word_vector_pickles(shared_data, ds, A):
     # load_xlsa17 gives the same vectors from the pickle (the cached load) and from the .npy
     np.testing.assert_array_equal(_real(shared_data, ds).attribute_embeddings, npy.astype(np.float32))
     if ds == "AWA2":
-        d = load_xlsa17(shared_data / "xlsa17" / ds, image_list=shared_data / "image_lists" / f"{ds}.json.gz",
-                        w2v=w2v / f"{ds}_attribute.npy", check_images=0)
+        d = load_xlsa17(
+            shared_data / "xlsa17" / ds,
+            image_list=shared_data / "image_lists" / f"{ds}.json.gz",
+            w2v=w2v / f"{ds}_attribute.npy",
+            check_images=0,
+        )
         np.testing.assert_array_equal(d.attribute_embeddings, _real(shared_data, ds).attribute_embeddings)
 
 
@@ -290,44 +322,80 @@ ROOT = Path("/data/xlsa17/DS")  # the dataset folder (map_image_path does not to
 JPEG, SUN_ROOT, CUB_ROOT = Path("/u/AwA2/JPEGImages"), Path("/u/SUN"), Path("/u/CUB_200_2011")
 
 
-@pytest.mark.parametrize("stored,dataset,image_root,want", [
-    # CUB: after CUB_200_2011/, also when the server path has the folder twice (archive in a same-named folder)
-    ("/BS/xian/work/MSc/CUB_200_2011/images/001.X/a.jpg", "CUB", "/u/CUB_200_2011",
-     "/u/CUB_200_2011/images/001.X/a.jpg"),
-    ("CUB_200_2011/images/001.A/a.jpg", "CUB", CUB_ROOT, str(CUB_ROOT / "images/001.A/a.jpg")),
-    ("/BS/Deep_Fragments/work/MSc/CUB_200_2011/CUB_200_2011/images/001.A/a.jpg", "CUB", CUB_ROOT,
-     str(CUB_ROOT / "images/001.A/a.jpg")),
-    # AWA2: after JPEGImages/, with the double slash as stored, relative and absolute
-    ("Animals_with_Attributes2//JPEGImages/antelope/a.jpg", "AWA2", "/u/JPEGImages", "/u/JPEGImages/antelope/a.jpg"),
-    ("Animals_with_Attributes2//JPEGImages/antelope/antelope_10001.jpg", "AWA2", JPEG,
-     str(JPEG / "antelope/antelope_10001.jpg")),
-    ("/BS/xian/work/data/Animals_with_Attributes2//JPEGImages/antelope/antelope_10001.jpg", "awa2", JPEG,
-     str(JPEG / "antelope/antelope_10001.jpg")),
-    # SUN: from images/ on (4 and 5 components), relative and absolute, any case of the dataset name
-    ("/x/SUN/images/a/abbey/s.jpg", "SUN", "/u/SUN", "/u/SUN/images/a/abbey/s.jpg"),
-    ("images/a/abbey/s.jpg", "sun", "/u/SUN", "/u/SUN/images/a/abbey/s.jpg"),
-    ("images/a/abbey/sun_x.jpg", "SUN", SUN_ROOT, str(SUN_ROOT / "images/a/abbey/sun_x.jpg")),
-    ("/BS/Deep_Fragments/work/MSc/data/SUN/images/b/bedroom/indoor/sun_y.jpg", "SUN", SUN_ROOT,
-     str(SUN_ROOT / "images/b/bedroom/indoor/sun_y.jpg")),
-    ("/x/SUN/images/b/bar/images/s.jpg", "SUN", "/u", "/u/images/b/bar/images/s.jpg"),  # a later images/ folder
-    # no image root: relative to the dataset folder, absolute as it is (normalised)
-    ("imgs/c0/0.png", "SHAPES", None, str(ROOT / "imgs/c0/0.png")),
-    ("images/a/x.jpg", "SUN", None, str(ROOT / "images/a/x.jpg")),
-    ("/abs/a.jpg", "CUB", None, "/abs/a.jpg"),
-    ("/data//SUN/images/a/x.jpg", "SUN", None, "/data/SUN/images/a/x.jpg"),
-    # a dataset without an anchor joins a relative path to the image root
-    ("imgs//c0/0.png", "SHAPES", "/u", "/u/imgs/c0/0.png"),
-    ("JPEGImages//x.jpg", "APY", Path("/u/APY"), "/u/APY/JPEGImages/x.jpg"),
-])
+@pytest.mark.parametrize(
+    "stored,dataset,image_root,want",
+    [
+        # CUB: after CUB_200_2011/, also when the server path has the folder twice (archive in a same-named folder)
+        (
+            "/BS/xian/work/MSc/CUB_200_2011/images/001.X/a.jpg",
+            "CUB",
+            "/u/CUB_200_2011",
+            "/u/CUB_200_2011/images/001.X/a.jpg",
+        ),
+        ("CUB_200_2011/images/001.A/a.jpg", "CUB", CUB_ROOT, str(CUB_ROOT / "images/001.A/a.jpg")),
+        (
+            "/BS/Deep_Fragments/work/MSc/CUB_200_2011/CUB_200_2011/images/001.A/a.jpg",
+            "CUB",
+            CUB_ROOT,
+            str(CUB_ROOT / "images/001.A/a.jpg"),
+        ),
+        # AWA2: after JPEGImages/, with the double slash as stored, relative and absolute
+        (
+            "Animals_with_Attributes2//JPEGImages/antelope/a.jpg",
+            "AWA2",
+            "/u/JPEGImages",
+            "/u/JPEGImages/antelope/a.jpg",
+        ),
+        (
+            "Animals_with_Attributes2//JPEGImages/antelope/antelope_10001.jpg",
+            "AWA2",
+            JPEG,
+            str(JPEG / "antelope/antelope_10001.jpg"),
+        ),
+        (
+            "/BS/xian/work/data/Animals_with_Attributes2//JPEGImages/antelope/antelope_10001.jpg",
+            "awa2",
+            JPEG,
+            str(JPEG / "antelope/antelope_10001.jpg"),
+        ),
+        # SUN: from images/ on (4 and 5 components), relative and absolute, any case of the dataset name
+        ("/x/SUN/images/a/abbey/s.jpg", "SUN", "/u/SUN", "/u/SUN/images/a/abbey/s.jpg"),
+        ("images/a/abbey/s.jpg", "sun", "/u/SUN", "/u/SUN/images/a/abbey/s.jpg"),
+        ("images/a/abbey/sun_x.jpg", "SUN", SUN_ROOT, str(SUN_ROOT / "images/a/abbey/sun_x.jpg")),
+        (
+            "/BS/Deep_Fragments/work/MSc/data/SUN/images/b/bedroom/indoor/sun_y.jpg",
+            "SUN",
+            SUN_ROOT,
+            str(SUN_ROOT / "images/b/bedroom/indoor/sun_y.jpg"),
+        ),
+        (
+            "/x/SUN/images/b/bar/images/s.jpg",
+            "SUN",
+            "/u",
+            "/u/images/b/bar/images/s.jpg",
+        ),  # a later images/ folder
+        # no image root: relative to the dataset folder, absolute as it is (normalised)
+        ("imgs/c0/0.png", "SHAPES", None, str(ROOT / "imgs/c0/0.png")),
+        ("images/a/x.jpg", "SUN", None, str(ROOT / "images/a/x.jpg")),
+        ("/abs/a.jpg", "CUB", None, "/abs/a.jpg"),
+        ("/data//SUN/images/a/x.jpg", "SUN", None, "/data/SUN/images/a/x.jpg"),
+        # a dataset without an anchor joins a relative path to the image root
+        ("imgs//c0/0.png", "SHAPES", "/u", "/u/imgs/c0/0.png"),
+        ("JPEGImages//x.jpg", "APY", Path("/u/APY"), "/u/APY/JPEGImages/x.jpg"),
+    ],
+)
 def test_map_image_path(stored, dataset, image_root, want):
     assert map_image_path(stored, dataset, image_root, ROOT) == want
 
 
-@pytest.mark.parametrize("stored,dataset,image_root,anchor", [
-    ("/x/birds/a.jpg", "CUB", "/u", "CUB_200_2011"),
-    ("/data/animals/antelope/x.jpg", "AWA2", JPEG, "JPEGImages/"),
-    ("/data/SUN/myimages/a/x.jpg", "SUN", SUN_ROOT, "'images/'"),
-])
+@pytest.mark.parametrize(
+    "stored,dataset,image_root,anchor",
+    [
+        ("/x/birds/a.jpg", "CUB", "/u", "CUB_200_2011"),
+        ("/data/animals/antelope/x.jpg", "AWA2", JPEG, "JPEGImages/"),
+        ("/data/SUN/myimages/a/x.jpg", "SUN", SUN_ROOT, "'images/'"),
+    ],
+)
 def test_map_image_path_missing_anchor(stored, dataset, image_root, anchor):
     """A path without the dataset's anchor folder is an error naming the path and the anchor."""
     _raises(DataFormatError, lambda: map_image_path(stored, dataset, image_root, ROOT), anchor, stored)
@@ -341,8 +409,10 @@ SEEN, UNSEEN = [0, 1, 2, 4], [3, 5]  # the unseen class ids are not simply the l
 TRAIN_CLASSES, VAL_CLASSES = [0, 1, 4], [2]  # the validation class split of the seen classes
 # a fixed interleaved image order, so that locs are not contiguous blocks
 LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(C), PER))
-SERVER_PREFIX = {"CUB": "/BS/xian/work/data/MSc//CUB_200_2011/",
-                 "AWA2": "/BS/xian/AwA2/Animals_with_Attributes2//JPEGImages/"}
+SERVER_PREFIX = {
+    "CUB": "/BS/xian/work/data/MSc//CUB_200_2011/",
+    "AWA2": "/BS/xian/AwA2/Animals_with_Attributes2//JPEGImages/",
+}
 ANCHOR_DIR = {"CUB": "CUB_200_2011", "AWA2": "JPEGImages"}
 
 
@@ -363,8 +433,16 @@ def _pixel(i: int) -> int:
     return 10 * i  # image i is a constant colour, so a test can tell which file it got
 
 
-def _make_world(tmp_path: Path, *, dataset: str = "CUB", val: str | None = "mat", extras: bool = False,
-                images: bool = True, att_edit=None, res_edit=None) -> dict:
+def _make_world(
+    tmp_path: Path,
+    *,
+    dataset: str = "CUB",
+    val: str | None = "mat",
+    extras: bool = False,
+    images: bool = True,
+    att_edit=None,
+    res_edit=None,
+) -> dict:
     """A tiny xlsa17 folder ``tmp_path/<dataset>`` in the real layout: att_splits.mat (uint16 1-based locs, an
     allclasses_names cell array, a -1 in original_att as in AWA2), res101.mat (2048 x N features, 1-based labels,
     absolute server paths with the double slash) and, with ``images``, the images as PNGs under an image root
@@ -387,19 +465,28 @@ def _make_world(tmp_path: Path, *, dataset: str = "CUB", val: str | None = "mat"
     }
     original = rng.uniform(0, 100, size=(A, C))
     original[0, 1] = -1.0  # a missing value (class 1, attribute 0)
-    att = {"allclasses_names": _cells(CLASS_NAMES), "att": original / np.linalg.norm(original, axis=0),
-           "original_att": original, **{k: _u16(locs[k]) for k in SPLITS}}
+    att = {
+        "allclasses_names": _cells(CLASS_NAMES),
+        "att": original / np.linalg.norm(original, axis=0),
+        "original_att": original,
+        **{k: _u16(locs[k]) for k in SPLITS},
+    }
     if val == "mat":
         att.update(train_loc=_u16(locs["train_loc"]), val_loc=_u16(locs["val_loc"]))
     if att_edit:
         att_edit(att)
     scipy.io.savemat(str(root / "att_splits.mat"), att)
-    rels = [(f"images/{CLASS_NAMES[c]}/" if dataset == "CUB" else f"{CLASS_NAMES[c]}/") + f"img_{i}.png"
-            for i, c in enumerate(LABELS)]
+    rels = [
+        (f"images/{CLASS_NAMES[c]}/" if dataset == "CUB" else f"{CLASS_NAMES[c]}/") + f"img_{i}.png"
+        for i, c in enumerate(LABELS)
+    ]
     files = [SERVER_PREFIX[dataset] + r for r in rels]
     features = rng.standard_normal((2048, N)).astype(np.float32)
-    res = {"features": features, "labels": (LABELS + 1).astype(np.float64).reshape(-1, 1),
-           "image_files": _cells(files)}
+    res = {
+        "features": features,
+        "labels": (LABELS + 1).astype(np.float64).reshape(-1, 1),
+        "image_files": _cells(files),
+    }
     if res_edit:
         res_edit(res)
     scipy.io.savemat(str(root / "res101.mat"), res)
@@ -413,9 +500,17 @@ def _make_world(tmp_path: Path, *, dataset: str = "CUB", val: str | None = "mat"
     if extras:
         (root / "attributes.txt").write_text("".join(f"{j + 1} has_part::color_{j}\n" for j in range(A)))
         np.save(root / f"{dataset}_attribute.npy", rng.standard_normal((A, 300)))
-    return {"root": root, "att_path": root / "att_splits.mat", "res_path": root / "res101.mat",
-            "image_root": image_root, "rels": rels, "files": files, "features": features, "original": original,
-            "locs": locs}
+    return {
+        "root": root,
+        "att_path": root / "att_splits.mat",
+        "res_path": root / "res101.mat",
+        "image_root": image_root,
+        "rels": rels,
+        "files": files,
+        "features": features,
+        "original": original,
+        "locs": locs,
+    }
 
 
 def _write_class_lists(folder: Path) -> None:
@@ -450,12 +545,16 @@ def test_synthetic_res101_roundtrip(tmp_path, dataset):
     assert d.image_files == [str(w["image_root"] / r) for r in w["rels"]]
     assert all(f.startswith(str(w["image_root"]) + "/") and Path(f).is_file() for f in d.image_files)
     if dataset == "CUB":
-        assert all(Path(f).parent == w["image_root"] / "images" / CLASS_NAMES[c]
-                   for f, c in zip(d.image_files, d.labels))
+        assert all(
+            Path(f).parent == w["image_root"] / "images" / CLASS_NAMES[c]
+            for f, c in zip(d.image_files, d.labels)
+        )
     # class attributes: original_att (with its -1) by default, clamp0 on request
     np.testing.assert_allclose(d.class_attributes, w["original"].T, rtol=1e-6)
     assert d.original_att[1, 0] == -1.0 and d.class_attributes[1, 0] == -1.0
-    assert load_xlsa17(w["root"], image_root=w["image_root"], negative_att="clamp0").class_attributes.min() >= 0
+    assert (
+        load_xlsa17(w["root"], image_root=w["image_root"], negative_att="clamp0").class_attributes.min() >= 0
+    )
     assert load_xlsa17(w["root"], image_root=w["image_root"], features="none").features is None
     # semantics="att" gives the normalised matrix
     d_att = load_xlsa17(w["root"], image_root=w["image_root"], semantics="att", features="none")
@@ -491,8 +590,11 @@ def test_synthetic_class_lists(tmp_path):
     assert d.attribute_names == ["has_bill", "has_wing", "red", "blue"]
     assert d.attribute_embeddings.shape == (A, 7) and d.attribute_embeddings.dtype == np.float32
     # a JSON image list in the fixture layout: relative paths joined to image_root (no anchor for SHAPES)
-    obj = {"image_files": [f.split("CUB_200_2011/", 1)[1] for f in w["files"]], "labels": LABELS.tolist(),
-           "index_base": 0}
+    obj = {
+        "image_files": [f.split("CUB_200_2011/", 1)[1] for f in w["files"]],
+        "labels": LABELS.tolist(),
+        "index_base": 0,
+    }
     w["res_path"].unlink()
     (root / "image_list.json").write_text(json.dumps(obj))
     d2 = load_xlsa17(root, "SHAPES", image_root=w["image_root"], check_images=-1)
@@ -520,9 +622,15 @@ def test_synthetic_check_report(tmp_path, dataset):
     assert f"classes {C} (seen 4, unseen 2)" in text and f"attributes {A}" in text
     assert "trainval 12, test_seen 4, test_unseen 8" in text and f"res101 {N} x 2048" in text
     assert "val-seen 3" in text and "word vectors: none" in text
-    for pat in (rf"classes {C} \(seen 4, unseen 2\)", rf"attributes {A}\b.*original_att", rf"images {N}\b",
-                rf"all {N} image files found", r"train_loc 12 (images )?\(3 classes\)",
-                r"val_loc 4 (images )?\(1 classes\)", rf"features: res101 \(?{N}(, | x )2048"):
+    for pat in (
+        rf"classes {C} \(seen 4, unseen 2\)",
+        rf"attributes {A}\b.*original_att",
+        rf"images {N}\b",
+        rf"all {N} image files found",
+        r"train_loc 12 (images )?\(3 classes\)",
+        r"val_loc 4 (images )?\(1 classes\)",
+        rf"features: res101 \(?{N}(, | x )2048",
+    ):
         assert re.search(pat, text), f"/{pat}/ not in the report:\n{text}"
     np.save(w["root"] / f"{dataset}_attribute.npy", np.ones((A, 300)))
     text = "\n".join(check_xlsa17(w["root"], dataset=dataset, image_root=str(w["image_root"])))
@@ -563,41 +671,74 @@ def test_bad_missing_att_field(tmp_path):
         att["trainval_locs"] = att.pop("trainval_loc")
 
     w = _make_world(tmp_path, att_edit=rename, images=False)
-    msg = _raises(DataFormatError, lambda: load_xlsa17(w["root"], check_images=0),
-                  str(w["att_path"]), "field 'trainval_loc' is missing")
+    msg = _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], check_images=0),
+        str(w["att_path"]),
+        "field 'trainval_loc' is missing",
+    )
     assert "trainval_locs" in msg and "test_seen_loc" in msg  # what was found instead
 
 
 def test_bad_missing_res101_field(tmp_path):
     w = _make_world(tmp_path, res_edit=lambda m: m.update(files=m.pop("image_files")), images=False)
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], check_images=0),
-            str(w["res_path"]), "field 'image_files' is missing", patterns=(r"found:.*\bfiles\b",))  # found instead
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], check_images=0),
+        str(w["res_path"]),
+        "field 'image_files' is missing",
+        patterns=(r"found:.*\bfiles\b",),
+    )  # found instead
 
 
 def test_bad_attribute_dimension(tmp_path):
     w = _make_world(tmp_path, images=False)
     bad = tmp_path / "CUB_attribute_bad.npy"
     np.save(bad, np.zeros((A + 1, 300)))
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], w2v=bad, check_images=0),
-            str(bad), "wrong attribute dimension", f"got {A + 1}", f"expected {A}", f"({A + 1}, 300)",
-            patterns=(rf"expected \(?{A}\b",))
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], w2v=bad, check_images=0),
+        str(bad),
+        "wrong attribute dimension",
+        f"got {A + 1}",
+        f"expected {A}",
+        f"({A + 1}, 300)",
+        patterns=(rf"expected \(?{A}\b",),
+    )
     # the same with a pickle (the TransZero layout) and a 1-D array
     bad_pkl = tmp_path / "CUB_attribute.pkl"
     bad_pkl.write_bytes(pickle.dumps(np.zeros(300)))
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], w2v=bad_pkl, check_images=0),
-            str(bad_pkl), "(300,)", patterns=(r"\(A, W\)|expected",))
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], w2v=tmp_path / "nope.npy", check_images=0),
-            str(tmp_path / "nope.npy"), "not found")
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], w2v=bad_pkl, check_images=0),
+        str(bad_pkl),
+        "(300,)",
+        patterns=(r"\(A, W\)|expected",),
+    )
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], w2v=tmp_path / "nope.npy", check_images=0),
+        str(tmp_path / "nope.npy"),
+        "not found",
+    )
 
 
 def test_bad_loc_out_of_range(tmp_path):
     def too_far(att):
-        att["test_unseen_loc"] = np.vstack([att["test_unseen_loc"], [[N + 1]]]).astype(np.uint16)  # 1 past the end
+        att["test_unseen_loc"] = np.vstack([att["test_unseen_loc"], [[N + 1]]]).astype(
+            np.uint16
+        )  # 1 past the end
 
     w = _make_world(tmp_path, att_edit=too_far, images=False)
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], check_images=0),
-            str(w["att_path"]), "field 'test_unseen_loc'", "out of range", "res101.mat",
-            patterns=(rf"\b{N + 1}\b", rf"\b{N}\b"))
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], check_images=0),
+        str(w["att_path"]),
+        "field 'test_unseen_loc'",
+        "out of range",
+        "res101.mat",
+        patterns=(rf"\b{N + 1}\b", rf"\b{N}\b"),
+    )
 
 
 def test_bad_zero_loc(tmp_path):
@@ -606,8 +747,13 @@ def test_bad_zero_loc(tmp_path):
         att["trainval_loc"][0, 0] = 0  # a 0-based file read as 1-based
 
     w = _make_world(tmp_path, att_edit=zero, images=False)
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], check_images=0),
-            str(w["att_path"]), "field 'trainval_loc'", patterns=(r"'trainval_loc'.*out of range", r"\b0\b"))
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], check_images=0),
+        str(w["att_path"]),
+        "field 'trainval_loc'",
+        patterns=(r"'trainval_loc'.*out of range", r"\b0\b"),
+    )
 
 
 def test_bad_overlapping_splits(tmp_path):
@@ -615,9 +761,14 @@ def test_bad_overlapping_splits(tmp_path):
         att["test_seen_loc"] = np.vstack([att["test_seen_loc"], att["trainval_loc"][:1]]).astype(np.uint16)
 
     w = _make_world(tmp_path, att_edit=overlap, images=False)
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], check_images=0),
-            str(w["att_path"]), "'trainval_loc' and 'test_seen_loc'", "overlap",
-            patterns=(r"(overlap|share)\D*1 (shared )?images",))
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], check_images=0),
+        str(w["att_path"]),
+        "'trainval_loc' and 'test_seen_loc'",
+        "overlap",
+        patterns=(r"(overlap|share)\D*1 (shared )?images",),
+    )
 
 
 def test_bad_labels_out_of_range(tmp_path):
@@ -626,8 +777,14 @@ def test_bad_labels_out_of_range(tmp_path):
         res["labels"][3, 0] = C + 1
 
     w = _make_world(tmp_path, res_edit=label_out_of_range, images=False)
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], check_images=0),
-            str(w["res_path"]), "field 'labels'", "image 3", patterns=(rf"\b{C}\b",))
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], check_images=0),
+        str(w["res_path"]),
+        "field 'labels'",
+        "image 3",
+        patterns=(rf"\b{C}\b",),
+    )
 
 
 def test_bad_malicious_pickle_executes_nothing(tmp_path):
@@ -641,7 +798,9 @@ def test_bad_malicious_pickle_executes_nothing(tmp_path):
     evil = tmp_path / "evil_attribute.pkl"
     evil.write_bytes(pickle.dumps(Evil()))
     # given explicitly
-    msg = _raises(UnsafeFileError, lambda: load_xlsa17(w["root"], w2v=evil, check_images=0), str(evil), "system")
+    msg = _raises(
+        UnsafeFileError, lambda: load_xlsa17(w["root"], w2v=evil, check_images=0), str(evil), "system"
+    )
     assert "refusing to load" in msg
     _raises(UnsafeFileError, lambda: safe_pickle_load(evil), str(evil))
     assert not marker.exists()
@@ -653,7 +812,9 @@ def test_bad_malicious_pickle_executes_nothing(tmp_path):
     assert not marker.exists()
     # a corrupt pickle is a format error naming the file
     found.write_bytes(b"\x80\x04not a pickle")
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], check_images=0), str(found), "not a readable pickle")
+    _raises(
+        DataFormatError, lambda: load_xlsa17(w["root"], check_images=0), str(found), "not a readable pickle"
+    )
 
 
 def test_bad_nan_features(tmp_path):
@@ -662,8 +823,14 @@ def test_bad_nan_features(tmp_path):
         res["features"][7, 5] = np.nan  # dimension 7 of image 5
 
     w = _make_world(tmp_path, res_edit=nan, images=False)
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], check_images=0),
-            str(w["res_path"]), "field 'features'", "NaN", patterns=(r"\b5\D+7\b",))
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], check_images=0),
+        str(w["res_path"]),
+        "field 'features'",
+        "NaN",
+        patterns=(r"\b5\D+7\b",),
+    )
 
 
 def test_bad_features_shape(tmp_path):
@@ -671,8 +838,14 @@ def test_bad_features_shape(tmp_path):
         res["features"] = res["features"][:, :-1]
 
     w = _make_world(tmp_path, res_edit=shape, images=False)
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], check_images=0),
-            str(w["res_path"]), "field 'features'", f"(2048, {N - 1})", patterns=(rf"D x {N}\b",))
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], check_images=0),
+        str(w["res_path"]),
+        "field 'features'",
+        f"(2048, {N - 1})",
+        patterns=(rf"D x {N}\b",),
+    )
 
 
 def test_bad_missing_image(tmp_path):
@@ -681,8 +854,15 @@ def test_bad_missing_image(tmp_path):
     victim = image_root / w["rels"][2]
     kept = tmp_path / "kept.png"
     victim.rename(kept)
-    msg = _raises(DataFormatError, lambda: load_xlsa17(root, image_root=image_root),  # checks the first 16
-                  str(victim), str(w["res_path"]), w["files"][2], "image_root", "not found")
+    msg = _raises(
+        DataFormatError,
+        lambda: load_xlsa17(root, image_root=image_root),  # checks the first 16
+        str(victim),
+        str(w["res_path"]),
+        w["files"][2],
+        "image_root",
+        "not found",
+    )
     assert "image 2" in msg
     _raises(DataFormatError, lambda: load_xlsa17(root, image_root=image_root, check_images=3), str(victim))
     load_xlsa17(root, image_root=image_root, check_images=2)  # only the first two are checked
@@ -690,18 +870,30 @@ def test_bad_missing_image(tmp_path):
     d = load_xlsa17(root, image_root=image_root, check_images=0)
     assert d.image_files[2] == str(victim)
     # the full check counts the missing images and names the first
-    _raises(DataFormatError, lambda: check_xlsa17(root, image_root=image_root), str(victim),
-            patterns=(rf"1 of {N} images are missing.*{re.escape(victim.name)}",))
+    _raises(
+        DataFormatError,
+        lambda: check_xlsa17(root, image_root=image_root),
+        str(victim),
+        patterns=(rf"1 of {N} images are missing.*{re.escape(victim.name)}",),
+    )
     # the wrong image root fails on the first image too
-    _raises(DataFormatError, lambda: load_xlsa17(root, image_root=tmp_path, check_images=1),
-            str(tmp_path / "images"))
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(root, image_root=tmp_path, check_images=1),
+        str(tmp_path / "images"),
+    )
     # the last image is beyond the default check, but check_xlsa17 looks at all of them
     kept.rename(victim)
     gone = image_root / w["rels"][-1]
     gone.unlink()
     load_xlsa17(root, image_root=image_root)
-    _raises(DataFormatError, lambda: check_xlsa17(root, dataset="CUB", image_root=str(image_root)),
-            str(gone), "not found", patterns=(rf"1 of {N} images are missing",))
+    _raises(
+        DataFormatError,
+        lambda: check_xlsa17(root, dataset="CUB", image_root=str(image_root)),
+        str(gone),
+        "not found",
+        patterns=(rf"1 of {N} images are missing",),
+    )
 
 
 def test_bad_image_dataset_missing_or_broken_file(tmp_path):
@@ -713,15 +905,22 @@ def test_bad_image_dataset_missing_or_broken_file(tmp_path):
     _raises(DataFormatError, lambda: ds[1], "not found", str(missing))
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
-    _raises(DataFormatError, lambda: ImageListDataset([str(broken)], np.array([0]))[0], "unreadable", str(broken))
+    _raises(
+        DataFormatError, lambda: ImageListDataset([str(broken)], np.array([0]))[0], "unreadable", str(broken)
+    )
 
 
 def test_bad_unknown_class_in_class_list(tmp_path):
     w = _make_world(tmp_path, val="lists", images=False)
     lst = w["root"] / "trainclasses1.txt"
     lst.write_text(f"{CLASS_NAMES[0]}\n999.Not_A_Bird\n")
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], check_images=0),
-            str(lst), "999.Not_A_Bird", "allclasses_names")
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], check_images=0),
+        str(lst),
+        "999.Not_A_Bird",
+        "allclasses_names",
+    )
 
 
 def test_bad_missing_or_unreadable_files(tmp_path):
@@ -729,15 +928,32 @@ def test_bad_missing_or_unreadable_files(tmp_path):
     root = w["root"]
     # no image list: the reader names everything it looked for
     w["res_path"].unlink()
-    _raises(DataFormatError, lambda: load_xlsa17(root, check_images=0),
-            str(root), str(w["res_path"]), str(root / "image_list.json"), str(root / "image_list.json.gz"))
-    _raises(DataFormatError, lambda: load_xlsa17(tmp_path / "nowhere"), str(tmp_path / "nowhere"), "not found")
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(root, check_images=0),
+        str(root),
+        str(w["res_path"]),
+        str(root / "image_list.json"),
+        str(root / "image_list.json.gz"),
+    )
+    _raises(
+        DataFormatError, lambda: load_xlsa17(tmp_path / "nowhere"), str(tmp_path / "nowhere"), "not found"
+    )
     w["att_path"].write_bytes(b"garbage")
-    _raises(DataFormatError, lambda: load_xlsa17(root, check_images=0),
-            str(w["att_path"]), "not a readable MATLAB file")
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(root, check_images=0),
+        str(w["att_path"]),
+        "not a readable MATLAB file",
+    )
 
 
 def test_bad_anchor_missing(tmp_path):
     w = _make_world(tmp_path, images=False)  # CUB server paths, read as AWA2
-    _raises(DataFormatError, lambda: load_xlsa17(w["root"], "AWA2", image_root=tmp_path, check_images=0),
-            str(w["res_path"]), "field 'image_files'", "JPEGImages/")
+    _raises(
+        DataFormatError,
+        lambda: load_xlsa17(w["root"], "AWA2", image_root=tmp_path, check_images=0),
+        str(w["res_path"]),
+        "field 'image_files'",
+        "JPEGImages/",
+    )

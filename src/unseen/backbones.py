@@ -71,7 +71,7 @@ class MultiScaleBackbone(nn.Module):
         if not 1 <= start <= upto:
             raise ValueError(f"forward_from: start must be in 1..{upto}, got {start}")
         maps = []
-        for stage in self.stages()[start: upto + 1]:
+        for stage in self.stages()[start : upto + 1]:
             h = stage(h)
             maps.append(h)
         return maps
@@ -92,7 +92,10 @@ class ResNetBackbone(MultiScaleBackbone):
         super().__init__()
         import torchvision.models as tvm
 
-        ctor = {"resnet101": (tvm.resnet101, "ResNet101_Weights"), "resnet50": (tvm.resnet50, "ResNet50_Weights")}
+        ctor = {
+            "resnet101": (tvm.resnet101, "ResNet101_Weights"),
+            "resnet50": (tvm.resnet50, "ResNet50_Weights"),
+        }
         if arch not in ctor:
             raise ValueError(f"unknown ResNet '{arch}'; available: {', '.join(ctor)}")
         fn, enum_name = ctor[arch]
@@ -143,8 +146,12 @@ class TinyBackbone(MultiScaleBackbone):
             raise ValueError(f"tiny_widths: expected 3 positive channel counts, got {list(widths)}")
         s = max(8, widths[0] // 2)
         self.stem_layers = nn.Sequential(
-            nn.Conv2d(3, s, 3, 2, 1, bias=False), nn.BatchNorm2d(s), nn.ReLU(inplace=True),
-            nn.Conv2d(s, s, 3, 1, 1, bias=False), nn.BatchNorm2d(s), nn.ReLU(inplace=True),
+            nn.Conv2d(3, s, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(s),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(s, s, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(s),
+            nn.ReLU(inplace=True),
         )
         self.layer2 = _BasicBlock(s, widths[0], 2)
         self.layer3 = _BasicBlock(widths[0], widths[1], 2)
@@ -193,14 +200,20 @@ class LastMap(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- builders
-def build_backbone(name: str, weights: str | Path | None = None, pretrained: bool = False,
-                   tiny_widths: Sequence[int] | None = None) -> MultiScaleBackbone:
+def build_backbone(
+    name: str,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    tiny_widths: Sequence[int] | None = None,
+) -> MultiScaleBackbone:
     """Multi-scale backbone ``name`` (resnet101 | resnet50 | tiny); see the module docstring for ``weights``."""
     if name in ("resnet101", "resnet50"):
         model: MultiScaleBackbone = ResNetBackbone(name, pretrained=pretrained and not weights)
     elif name == "tiny":
         if pretrained and not weights:
-            raise ValueError("backbone 'tiny' has no published weights: give backbone_weights=PATH or pretrained=false")
+            raise ValueError(
+                "backbone 'tiny' has no published weights: give backbone_weights=PATH or pretrained=false"
+            )
         model = TinyBackbone(tiny_widths or (32, 64, 128))
     elif name == "vgg19":
         raise ValueError("backbone 'vgg19' is a single-map extractor: use build_feature_extractor('vgg19')")
@@ -211,8 +224,12 @@ def build_backbone(name: str, weights: str | Path | None = None, pretrained: boo
     return model
 
 
-def build_feature_extractor(name: str, weights: str | Path | None = None, pretrained: bool = False,
-                            tiny_widths: Sequence[int] | None = None) -> nn.Module:
+def build_feature_extractor(
+    name: str,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    tiny_widths: Sequence[int] | None = None,
+) -> nn.Module:
     """Single-map extractor: ``vgg19`` (conv5_4 + ReLU) or the C5 map of a multi-scale backbone."""
     if name == "vgg19":
         model: nn.Module = VGGFeatureExtractor(pretrained=pretrained and not weights)
@@ -239,10 +256,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         else:
-            raise WeightsError(f"{path}: unsupported weights format '{suffix}' (expected .safetensors, .pth or .pt)")
+            raise WeightsError(
+                f"{path}: unsupported weights format '{suffix}' (expected .safetensors, .pth or .pt)"
+            )
     except WeightsError:
         raise
-    except Exception as exc:  # corrupt, truncated, not a weights file, or pickled code refused by weights_only
+    except (
+        Exception
+    ) as exc:  # corrupt, truncated, not a weights file, or pickled code refused by weights_only
         msg = str(exc).strip().split("\n")[0]
         raise WeightsError(f"{path}: not a readable weights file ({type(exc).__name__}: {msg})") from exc
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
@@ -251,7 +272,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
     if obj and all(k.startswith("module.") for k in obj):  # saved from (Distributed)DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -261,7 +282,9 @@ def _keys(keys: Iterable[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_weights(module: nn.Module, path: str | Path, ignore: tuple[str, ...] = IGNORED_PREFIXES) -> nn.Module:
+def load_weights(
+    module: nn.Module, path: str | Path, ignore: tuple[str, ...] = IGNORED_PREFIXES
+) -> nn.Module:
     """Load ``path`` into ``module`` strictly for the used parts (keys starting with ``ignore``, by default the
     ``fc.*`` / ``classifier.*`` heads, are dropped from the file)."""
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(ignore)}
@@ -274,10 +297,14 @@ def load_weights(module: nn.Module, path: str | Path, ignore: tuple[str, ...] = 
             parts.append(f"missing keys: {_keys(missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {_keys(unexpected)}")
-        raise WeightsError(f"{path}: does not fit backbone {type(module).__name__}: the file has {len(state)} "
-                           f"tensors ({'/'.join(p.rstrip('.') for p in ignore)} ignored), the backbone {len(own)}; "
-                           f"{'; '.join(parts)}")
-    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if state[k].shape != own[k].shape]
+        raise WeightsError(
+            f"{path}: does not fit backbone {type(module).__name__}: the file has {len(state)} "
+            f"tensors ({'/'.join(p.rstrip('.') for p in ignore)} ignored), the backbone {len(own)}; "
+            f"{'; '.join(parts)}"
+        )
+    bad = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if state[k].shape != own[k].shape
+    ]
     if bad:
         raise WeightsError(f"{path}: shape mismatch for {len(bad)} tensor(s): {'; '.join(bad[:5])}")
     module.load_state_dict(state, strict=True)
@@ -292,14 +319,22 @@ def make_transforms(image_size: int, train: bool) -> Any:
 
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if train:
-        return T.Compose([T.Resize(int(round(image_size * 8 / 7))), T.RandomCrop(image_size),
-                          T.RandomHorizontalFlip(0.5), *norm])
+        return T.Compose(
+            [
+                T.Resize(int(round(image_size * 8 / 7))),
+                T.RandomCrop(image_size),
+                T.RandomHorizontalFlip(0.5),
+                *norm,
+            ]
+        )
     return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), *norm])
 
 
 # --------------------------------------------------------------------------------------------- pooled
 @torch.no_grad()
-def pooled_features(backbone: nn.Module, loader: Iterable[Any], device: torch.device | str = "cpu") -> np.ndarray:
+def pooled_features(
+    backbone: nn.Module, loader: Iterable[Any], device: torch.device | str = "cpu"
+) -> np.ndarray:
     """N x C5-channels global-average-pooled last maps (float32), for closed-form methods such as ESZSL.
 
     ``loader`` yields ``images`` or ``(images, labels)`` batches; the backbone runs in eval mode.
@@ -329,13 +364,23 @@ def n_halvings(stride_from: int, stride_to: int) -> int:
     """Number of x0.5 resizes from a map of stride ``stride_from`` to one of stride ``stride_to``."""
     ratio = stride_to / stride_from
     n = int(round(math.log2(ratio))) if ratio >= 1 else -1
-    if n < 0 or 2 ** n != ratio:
+    if n < 0 or 2**n != ratio:
         raise ValueError(f"strides {stride_from} -> {stride_to}: not a power-of-two downsampling")
     return n
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "MultiScaleBackbone", "ResNetBackbone", "TinyBackbone", "VGGFeatureExtractor",
-    "WeightsError", "build_backbone", "build_feature_extractor", "load_weights", "make_transforms", "pooled_features",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MultiScaleBackbone",
+    "ResNetBackbone",
+    "TinyBackbone",
+    "VGGFeatureExtractor",
+    "WeightsError",
+    "build_backbone",
+    "build_feature_extractor",
+    "load_weights",
+    "make_transforms",
+    "pooled_features",
     "read_state_dict",
 ]

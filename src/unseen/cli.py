@@ -11,17 +11,29 @@ from collections.abc import Sequence
 from unseen.config import ConfigError
 from unseen.io import DataFormatError, UnsafeFileError
 
-USER_ERRORS = (ConfigError, DataFormatError, UnsafeFileError, FileNotFoundError, FileExistsError, KeyError,
-               ValueError, NotImplementedError)
+USER_ERRORS = (
+    ConfigError,
+    DataFormatError,
+    UnsafeFileError,
+    FileNotFoundError,
+    FileExistsError,
+    KeyError,
+    ValueError,
+    NotImplementedError,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unseen", description="Zero-shot recognition: attribute, multi-label, compositional.")
+    p = argparse.ArgumentParser(
+        prog="unseen", description="Zero-shot recognition: attribute, multi-label, compositional."
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train + evaluate every method on the embedded benchmark (no download)")
-    d.add_argument("setting", nargs="?", default="attribute", choices=["attribute", "multilabel", "compositional"])
+    d.add_argument(
+        "setting", nargs="?", default="attribute", choices=["attribute", "multilabel", "compositional"]
+    )
     d.add_argument("--output-dir", default="runs")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo method's config")
 
@@ -43,21 +55,35 @@ def _parser() -> argparse.ArgumentParser:
     dsub = da.add_subparsers(dest="data_command", required=True)
     ck = dsub.add_parser("check", help="validate a user's copy of a dataset and report what is wrong")
     ck.add_argument("format", choices=["xlsa17", "nus_wide", "open_images", "czsl"])
-    ck.add_argument("--root", required=True, help="xlsa17: folder with att_splits.mat; nus_wide: TagList1k.txt + "
-                    "Concepts81.txt; open_images: the 2018_04 label folder; czsl: the dataset folder (split + images)")
+    ck.add_argument(
+        "--root",
+        required=True,
+        help="xlsa17: folder with att_splits.mat; nus_wide: TagList1k.txt + "
+        "Concepts81.txt; open_images: the 2018_04 label folder; czsl: the dataset folder (split + images)",
+    )
     ck.add_argument("--image-root", default=None, help="xlsa17 only")
     ck.add_argument("--image-list", default=None, help="xlsa17 only")
     ck.add_argument("--w2v", default=None, help="xlsa17 only")
 
-    ex = sub.add_parser("extract", help="region features of an image folder into a BiAM-layout h5 (+ provenance)")
+    ex = sub.add_parser(
+        "extract", help="region features of an image folder into a BiAM-layout h5 (+ provenance)"
+    )
     ex.add_argument("image_root")
     ex.add_argument("output", help="the .h5 file to write (its provenance goes to <output>.json)")
-    ex.add_argument("--list", dest="image_list", help="text file, one image path per line relative to IMAGE_ROOT "
-                    "(default: every image under it, sorted)")
+    ex.add_argument(
+        "--list",
+        dest="image_list",
+        help="text file, one image path per line relative to IMAGE_ROOT "
+        "(default: every image under it, sorted)",
+    )
     ex.add_argument("--labels", help=".npy (N, L) in {-1,0,1}, one row per image, stored as <name>-labels")
-    ex.add_argument("--unseen-labels", help=".npy (N, U): write the NUS-WIDE test layout (labels = [seen|unseen], "
-                    "labels_81 = unseen)")
-    ex.add_argument("--backbone", default="vgg19", help="vgg19 (conv5_4, default) | vit | vit:<timm model> | tiny")
+    ex.add_argument(
+        "--unseen-labels",
+        help=".npy (N, U): write the NUS-WIDE test layout (labels = [seen|unseen], labels_81 = unseen)",
+    )
+    ex.add_argument(
+        "--backbone", default="vgg19", help="vgg19 (conv5_4, default) | vit | vit:<timm model> | tiny"
+    )
     ex.add_argument("--weights", help="local weights file (no download happens; without it: random init)")
     ex.add_argument("--image-size", type=int, default=224)
     ex.add_argument("--batch-size", type=int, default=32)
@@ -73,7 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # argparse leaves `key=value` items that come after an option (`demo compositional --output-dir x seed=1`)
     # unparsed: they are overrides too. Anything else is still an error.
-    if extra and getattr(args, "overrides", None) is not None and all("=" in x and not x.startswith("-") for x in extra):
+    if (
+        extra
+        and getattr(args, "overrides", None) is not None
+        and all("=" in x and not x.startswith("-") for x in extra)
+    ):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -99,7 +129,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not args.config and not args.resume:
             raise ConfigError("give a config (e.g. attribute/demo_mgmrn) or --resume RUN_DIR")
         res = runs.train(args.config, args.overrides, args.resume)
-        print(json.dumps({"run_dir": res["run_dir"], "metrics": res["metrics"], "selection": res["selection"]}, indent=2))
+        print(
+            json.dumps(
+                {"run_dir": res["run_dir"], "metrics": res["metrics"], "selection": res["selection"]},
+                indent=2,
+            )
+        )
     elif args.command == "eval":
         print(json.dumps(runs.evaluate_run(args.run_dir), indent=2))
     elif args.command == "predict":
@@ -111,7 +146,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.format == "xlsa17":
             from unseen.attribute.data import check_xlsa17
 
-            lines = check_xlsa17(args.root, image_root=args.image_root, image_list=args.image_list, w2v=args.w2v)
+            lines = check_xlsa17(
+                args.root, image_root=args.image_root, image_list=args.image_list, w2v=args.w2v
+            )
         elif args.format == "czsl":
             from unseen.compositional.data import check_czsl
 
@@ -127,12 +164,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         from unseen.multilabel.extract import extract_h5, extract_items, read_sidecar
 
         items = extract_items(args.image_root, args.image_list, args.labels, args.unseen_labels)
-        out = extract_h5(args.image_root, items, args.output, backbone=args.backbone, weights=args.weights,
-                         image_size=args.image_size, batch_size=args.batch_size, device=args.device,
-                         overwrite=args.overwrite)
+        out = extract_h5(
+            args.image_root,
+            items,
+            args.output,
+            backbone=args.backbone,
+            weights=args.weights,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            device=args.device,
+            overwrite=args.overwrite,
+        )
         meta = read_sidecar(out)
-        print(f"{out}: {meta['n_images']} images, features {meta['feature_shape']} ({meta['backbone']}, "
-              f"{meta['layer']}); provenance in {out}.json")
+        print(
+            f"{out}: {meta['n_images']} images, features {meta['feature_shape']} ({meta['backbone']}, "
+            f"{meta['layer']}); provenance in {out}.json"
+        )
     elif args.command == "list":
         from unseen.registry import DATASETS, MODELS, _ensure_loaded
 

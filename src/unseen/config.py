@@ -40,7 +40,9 @@ class TrainConfig:
     weight_decay: float = 1e-5
     lr_step: int = 0  # StepLR step size in epochs (0 = constant LR)
     lr_gamma: float = 0.1
-    lr_shift_compat: bool = False  # reproduce the release's StepLR stepped at epoch start (decay one epoch early)
+    lr_shift_compat: bool = (
+        False  # reproduce the release's StepLR stepped at epoch start (decay one epoch early)
+    )
     lr_schedule: str = "step"  # step (StepLR by lr_step/lr_gamma) | cosine (per epoch, down to min_lr)
     warmup_epochs: int = 0  # linear warm-up from lr/warmup_epochs (both schedules)
     min_lr: float = 0.0  # cosine floor
@@ -266,11 +268,15 @@ def build_run_config(tree: dict[str, Any], where: str = "config") -> RunConfig:
         except KeyError as exc:
             raise ConfigError(f"{where}.{section}.name: {exc.args[0]}") from None
         schema = entry.config
-        setattr(cfg, section, build_dataclass(schema, values, f"{where}.{section}") if schema else dict(values))
+        setattr(
+            cfg, section, build_dataclass(schema, values, f"{where}.{section}") if schema else dict(values)
+        )
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None
+) -> RunConfig:
     """YAML file (optional) -> overrides -> validated :class:`RunConfig`."""
     tree = copy.deepcopy(base or {})
     if path is not None:

@@ -112,7 +112,9 @@ class EpisodicBatchSampler(Sampler[list[int]]):
         labels = np.asarray(labels)
         self.by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
         if ways > len(self.by_class):
-            raise ValueError(f"episodic sampler: {ways} ways requested but the data has {len(self.by_class)} classes")
+            raise ValueError(
+                f"episodic sampler: {ways} ways requested but the data has {len(self.by_class)} classes"
+            )
         self.ways, self.shots, self.n_batches, self.seed, self.epoch = ways, shots, n_batches, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -144,7 +146,9 @@ class ShardedShuffleSampler(Sampler[int]):
         rng = np.random.default_rng([self.seed, self.epoch])
         total = self.n_samples or self.n
         reps = math.ceil(total / self.n)
-        idx = np.concatenate([rng.permutation(self.n) if self.shuffle else np.arange(self.n) for _ in range(reps)])
+        idx = np.concatenate(
+            [rng.permutation(self.n) if self.shuffle else np.arange(self.n) for _ in range(reps)]
+        )
         idx = idx[:total]
         world = get_world_size()
         per = math.ceil(len(idx) / world)
@@ -164,7 +168,9 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
-def make_train_loader(dataset: Dataset, cfg: TrainConfig, seed: int, labels: np.ndarray | None = None) -> DataLoader:
+def make_train_loader(
+    dataset: Dataset, cfg: TrainConfig, seed: int, labels: np.ndarray | None = None
+) -> DataLoader:
     """Episodic (``shots > 0``) or shuffled loader; ``batches_per_epoch > 0`` fixes the epoch length."""
     common: dict[str, Any] = dict(num_workers=cfg.num_workers, worker_init_fn=_seed_worker)
     if cfg.shots > 0:
@@ -266,8 +272,14 @@ class Engine:
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
-    def save_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, result: FitResult,
-                        meta: dict[str, str] | None = None) -> None:
+    def save_checkpoint(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epoch: int,
+        result: FitResult,
+        meta: dict[str, str] | None = None,
+    ) -> None:
         if self.rank != 0:
             return
         save_safetensors(self.run_dir / "last.safetensors", unwrap(model).state_dict(), metadata=meta)
@@ -286,13 +298,17 @@ class Engine:
         weights = self.run_dir / "last.safetensors"
         state_file = self.run_dir / "last.state.pt"
         if not weights.is_file() or not state_file.is_file():
-            raise FileNotFoundError(f"{self.run_dir}: nothing to resume (last.safetensors / last.state.pt missing)")
+            raise FileNotFoundError(
+                f"{self.run_dir}: nothing to resume (last.safetensors / last.state.pt missing)"
+            )
         unwrap(model).load_state_dict(load_safetensors(weights))
         state = load_torch(state_file)
         optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self._set_rng_state(state["rng"])
-        result = FitResult(best_epoch=state["best_epoch"], best_score=state["best_score"], last_epoch=state["epoch"])
+        result = FitResult(
+            best_epoch=state["best_epoch"], best_score=state["best_score"], last_epoch=state["epoch"]
+        )
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.is_file():
             import json
@@ -329,7 +345,9 @@ class Engine:
         model.to(self.device)
         substeps = list(getattr(model, "train_substeps", lambda: [None])())
         if len(substeps) > 1 and cfg.grad_accum > 1:
-            raise ValueError("train.grad_accum > 1 is not supported with several optimizer sub-steps per batch")
+            raise ValueError(
+                "train.grad_accum > 1 is not supported with several optimizer sub-steps per batch"
+            )
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(cfg, params)
         start, result = 0, FitResult()
@@ -353,7 +371,11 @@ class Engine:
             torch.manual_seed(self.seed * 7919 + epoch * 104729 + self.rank)  # dropout/augmentation per epoch
             t0 = time.perf_counter()
             train_logs = self._train_epoch(train_model, loader, loss_fn, optimizer, substeps, epoch, epochs)
-            record: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch, epochs), "train_time_s": time.perf_counter() - t0}
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "lr": lr_at(cfg, epoch, epochs),
+                "train_time_s": time.perf_counter() - t0,
+            }
             record.update(train_logs)
             improved = False
             if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs):
@@ -371,16 +393,30 @@ class Engine:
             if self.rank == 0:
                 append_jsonl(metrics_path, record)
                 if improved:
-                    save_safetensors(self.run_dir / "best.safetensors", unwrap(model).state_dict(), metadata=meta)
+                    save_safetensors(
+                        self.run_dir / "best.safetensors", unwrap(model).state_dict(), metadata=meta
+                    )
                 self.save_checkpoint(model, optimizer, epoch, result, meta)
-            log.info("epoch %d/%d %s", epoch + 1, epochs,
-                     " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+            log.info(
+                "epoch %d/%d %s",
+                epoch + 1,
+                epochs,
+                " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)),
+            )
         if self.distributed:
             dist.barrier()
         return result
 
-    def _train_epoch(self, model: nn.Module, loader: DataLoader, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
-                     substeps: list[Any], epoch: int, epochs: int) -> dict[str, float]:
+    def _train_epoch(
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        loss_fn: LossFn,
+        optimizer: torch.optim.Optimizer,
+        substeps: list[Any],
+        epoch: int,
+        epochs: int,
+    ) -> dict[str, float]:
         cfg = self.cfg
         model.train()
         totals: dict[str, float] = {}
@@ -399,12 +435,16 @@ class Engine:
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                         loss, logs = loss_fn(model, batch, sub)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {i}: {float(loss)}")
+                        raise FloatingPointError(
+                            f"non-finite loss at epoch {epoch}, batch {i}: {float(loss)}"
+                        )
                     self.scaler.scale(loss / accum).backward()
                 if len(substeps) > 1 or last_micro:
                     if cfg.grad_clip > 0:
                         self.scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+                        nn.utils.clip_grad_norm_(
+                            [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip
+                        )
                     self.scaler.step(optimizer)
                     self.scaler.update()
                     optimizer.zero_grad(set_to_none=True)

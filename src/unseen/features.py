@@ -42,7 +42,9 @@ def list_hash(items: Sequence[str]) -> str:
     return short_hash("\n".join(items), 16)
 
 
-def provenance(backbone_name: str, backbone: nn.Module, transform: Any, image_files: Sequence[str], **extra: Any) -> dict:
+def provenance(
+    backbone_name: str, backbone: nn.Module, transform: Any, image_files: Sequence[str], **extra: Any
+) -> dict:
     return {
         "version": CACHE_VERSION,
         "backbone": backbone_name,
@@ -74,8 +76,13 @@ class PackedMaps(nn.Module):
 
 
 @torch.no_grad()
-def extract(fn: Callable[[torch.Tensor], list[torch.Tensor] | torch.Tensor], dataset: Dataset, batch_size: int = 64,
-            device: torch.device | str = "cpu", progress_desc: str = "extracting features") -> tuple[np.ndarray, list]:
+def extract(
+    fn: Callable[[torch.Tensor], list[torch.Tensor] | torch.Tensor],
+    dataset: Dataset,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress_desc: str = "extracting features",
+) -> tuple[np.ndarray, list]:
     """Run ``fn`` over ``dataset`` (items ``(image, label)``); return N x D float32 rows and the map shapes."""
     from unseen.engine import progress
 
@@ -108,7 +115,9 @@ class FeatureCache:
             return False, "no cache yet"
         diff = [k for k in expected if found.get(k) != expected[k]]
         if diff:
-            return False, "stale cache: " + ", ".join(f"{k} {found.get(k)!r} != {expected[k]!r}" for k in diff)
+            return False, "stale cache: " + ", ".join(
+                f"{k} {found.get(k)!r} != {expected[k]!r}" for k in diff
+            )
         return True, "up to date"
 
     def load(self) -> tuple[np.ndarray, dict]:
@@ -117,7 +126,9 @@ class FeatureCache:
             raise FileNotFoundError(f"{self.path}: no feature cache")
         feats = load_safetensors(self.tensor_file)["features"].numpy()
         if feats.shape[0] != meta["n_images"]:
-            raise ValueError(f"{self.tensor_file}: {feats.shape[0]} rows but the sidecar says {meta['n_images']}")
+            raise ValueError(
+                f"{self.tensor_file}: {feats.shape[0]} rows but the sidecar says {meta['n_images']}"
+            )
         return feats, meta
 
     def save(self, features: np.ndarray, meta: dict) -> None:
@@ -127,7 +138,9 @@ class FeatureCache:
         save_safetensors(self.tensor_file, {"features": torch.from_numpy(np.ascontiguousarray(features))})
         atomic_write_json(self.sidecar, meta)
 
-    def load_or_build(self, expected: dict, build: Callable[[], tuple[np.ndarray, list]]) -> tuple[np.ndarray, dict]:
+    def load_or_build(
+        self, expected: dict, build: Callable[[], tuple[np.ndarray, list]]
+    ) -> tuple[np.ndarray, dict]:
         ok, why = self.is_valid(expected)
         if ok:
             log.info("feature cache %s: %s", self.tensor_file, why)

@@ -175,7 +175,9 @@ def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(
+    path: str | os.PathLike[str], tensors: dict[str, Any], metadata: dict[str, str] | None = None
+) -> None:
     """Write tensors as safetensors, atomically. Tensors are made contiguous CPU copies."""
     from safetensors.torch import save_file
 
@@ -229,8 +231,10 @@ def cache_root() -> Path:
 def single_process_cache(path: Path, root: Path, what: str) -> None:
     """Under torchrun the ranks would race to build the same cache: ask for it to be built once first."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not Path(path).exists():
-        raise FileNotFoundError(f"{path} is missing: under torchrun the ranks would {what} at the same time. Run the "
-                                f"command once without torchrun (or `unseen demo`) to build it; it is cached in {root}")
+        raise FileNotFoundError(
+            f"{path} is missing: under torchrun the ranks would {what} at the same time. Run the "
+            f"command once without torchrun (or `unseen demo`) to build it; it is cached in {root}"
+        )
 
 
 def versions() -> dict[str, str]:
@@ -241,8 +245,12 @@ def versions() -> dict[str, str]:
 
     import unseen
 
-    out = {"unseen": unseen.__version__, "torch": torch.__version__, "numpy": np.__version__,
-           "python": platform.python_version()}
+    out = {
+        "unseen": unseen.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import torchvision
 

@@ -32,8 +32,14 @@ MODELS: dict[tuple[str, str], Entry] = {}
 DATASETS: dict[tuple[str, str], Entry] = {}
 
 
-def _register(table: dict[tuple[str, str], Entry], kind: str, name: str, setting: str, config: type | None,
-              description: str):
+def _register(
+    table: dict[tuple[str, str], Entry],
+    kind: str,
+    name: str,
+    setting: str,
+    config: type | None,
+    description: str,
+):
     def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
         if (setting, name) in table and table[(setting, name)].builder is not obj:
             raise KeyError(f"{kind} '{name}' is already registered for setting '{setting}'")
@@ -70,8 +76,9 @@ def _get(table: dict[tuple[str, str], Entry], kind: str, name: str, setting: str
         known = sorted(n for (s, n) in table if setting is None or s == setting)
         where = f" for setting '{setting}'" if setting else ""
         raise KeyError(f"unknown {kind} '{name}'{where}; available: {', '.join(known) or '(none)'}")
-    raise KeyError(f"{kind} '{name}' exists in several settings ({', '.join(e.setting for e in hits)}): "
-                   "name the setting")
+    raise KeyError(
+        f"{kind} '{name}' exists in several settings ({', '.join(e.setting for e in hits)}): name the setting"
+    )
 
 
 def get_model_entry(name: str, setting: str | None = None) -> Entry:

@@ -29,9 +29,11 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], title: str = "",
-                 percent: bool = True) -> str:
+def format_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], title: str = "", percent: bool = True
+) -> str:
     """Fixed-width text table. ``columns`` = (key, header); floats shown x100 with one decimal if ``percent``."""
+
     def cell(v: Any) -> str:
         if isinstance(v, float):
             if np.isnan(v):
@@ -41,7 +43,9 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
 
     table = [[h for _, h in columns]] + [[cell(r.get(k)) for k, _ in columns] for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
-    lines = [" | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines = [
+        " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table
+    ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return (title + "\n" if title else "") + "\n".join(lines)
 
@@ -60,7 +64,9 @@ def plot_gamma_curve(sweep: Any, chosen_gamma: float, oracle: Any, path: str | P
         ax.step(g[order], y[order], where="post", label=lab)
     ax.axvline(chosen_gamma, color="k", ls="--", lw=1, label=f"validation gamma = {chosen_gamma:.3g}")
     if oracle is not None:
-        ax.axvline(oracle.gamma, color="grey", ls=":", lw=1, label=f"oracle (test) gamma = {oracle.gamma:.3g}")
+        ax.axvline(
+            oracle.gamma, color="grey", ls=":", lw=1, label=f"oracle (test) gamma = {oracle.gamma:.3g}"
+        )
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_xlabel("gamma (subtracted from seen-class scores)")
     ax.set_ylabel("per-class accuracy (%)")
@@ -76,8 +82,14 @@ def plot_gamma_curve(sweep: Any, chosen_gamma: float, oracle: Any, path: str | P
     return _save(fig, path)
 
 
-def plot_attention_maps(image: np.ndarray, maps: Sequence[np.ndarray], level_names: Sequence[str],
-                        attribute_names: Sequence[str], path: str | Path, title: str = "") -> Path:
+def plot_attention_maps(
+    image: np.ndarray,
+    maps: Sequence[np.ndarray],
+    level_names: Sequence[str],
+    attribute_names: Sequence[str],
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """Rows = attributes, columns = the image then one attention map per level, upsampled over the image.
 
     ``image``: H x W x 3 in [0, 1]; ``maps[l]``: n_attributes x h x w for level l.
@@ -103,7 +115,9 @@ def plot_attention_maps(image: np.ndarray, maps: Sequence[np.ndarray], level_nam
     return _save(fig, path)
 
 
-def plot_label_ap(ap: np.ndarray, names: Sequence[str], path: str | Path, title: str = "", max_labels: int = 60) -> Path:
+def plot_label_ap(
+    ap: np.ndarray, names: Sequence[str], path: str | Path, title: str = "", max_labels: int = 60
+) -> Path:
     """Horizontal bars of per-label AP (%), best first; labels without a positive (AP nan) are left out.
     More than ``max_labels`` labels: the best and the worst halves are shown."""
     plt = _plt()
@@ -111,7 +125,7 @@ def plot_label_ap(ap: np.ndarray, names: Sequence[str], path: str | Path, title:
     ok = np.flatnonzero(np.isfinite(ap))
     order = ok[np.argsort(-ap[ok], kind="stable")]
     if len(order) > max_labels:
-        order = np.concatenate([order[: max_labels // 2], order[-(max_labels - max_labels // 2):]])
+        order = np.concatenate([order[: max_labels // 2], order[-(max_labels - max_labels // 2) :]])
     fig, ax = plt.subplots(figsize=(6, 0.22 * len(order) + 1.2))
     y = np.arange(len(order))
     ax.barh(y, 100 * ap[order], color="C0")
@@ -127,8 +141,16 @@ def plot_label_ap(ap: np.ndarray, names: Sequence[str], path: str | Path, title:
     return _save(fig, path)
 
 
-def plot_topk_labels(image_path: str | Path, scores: np.ndarray, names: Sequence[str], n_seen: int,
-                     labels: np.ndarray | None, path: str | Path, k: int = 5, title: str = "") -> Path:
+def plot_topk_labels(
+    image_path: str | Path,
+    scores: np.ndarray,
+    names: Sequence[str],
+    n_seen: int,
+    labels: np.ndarray | None,
+    path: str | Path,
+    k: int = 5,
+    title: str = "",
+) -> Path:
     """An image beside its top-``k`` labels (score order); unseen labels marked, ground truth ticked when known."""
     from PIL import Image
 
@@ -142,8 +164,15 @@ def plot_topk_labels(image_path: str | Path, scores: np.ndarray, names: Sequence
     for r, c in enumerate(top):
         unseen = c >= n_seen
         truth = "" if labels is None else {1: "  [+]", -1: "  [-]", 0: "  [?]"}[int(labels[c])]
-        ax2.text(0.0, 1 - (r + 0.5) / max(k, 1), f"{r + 1}. {names[c]}{' (unseen)' if unseen else ''}{truth}",
-                 color="C3" if unseen else "C0", fontsize=9, va="center", transform=ax2.transAxes)
+        ax2.text(
+            0.0,
+            1 - (r + 0.5) / max(k, 1),
+            f"{r + 1}. {names[c]}{' (unseen)' if unseen else ''}{truth}",
+            color="C3" if unseen else "C0",
+            fontsize=9,
+            va="center",
+            transform=ax2.transAxes,
+        )
     ax2.set_title("top labels: blue = seen, red = unseen; [+]/[-] = annotated positive/negative", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
@@ -161,7 +190,14 @@ def plot_seen_unseen_curve(result: Any, path: str | Path, title: str = "") -> Pa
     ax.plot(U, S, "o-", ms=3, color="C0", label=f"bias sweep (AUC = {100 * result.auc:.1f})")
     ax.fill_between(U, 0, S, color="C0", alpha=0.12)
     i = int(np.argmax(np.asarray(result.hm_curve)))
-    ax.plot(U[i], S[i], "*", ms=14, color="C3", label=f"best HM = {100 * result.best_hm:.1f} (S {S[i]:.1f}, U {U[i]:.1f})")
+    ax.plot(
+        U[i],
+        S[i],
+        "*",
+        ms=14,
+        color="C3",
+        label=f"best HM = {100 * result.best_hm:.1f} (S {S[i]:.1f}, U {U[i]:.1f})",
+    )
     ax.set_xlabel("unseen-pair accuracy (%)")
     ax.set_ylabel("seen-pair accuracy (%)")
     ax.set_xlim(0, max(5.0, float(U.max()) * 1.1))

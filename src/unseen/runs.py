@@ -35,11 +35,15 @@ def new_run_dir(cfg: RunConfig) -> Path:
     name = cfg.name or f"{cfg.model.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output_dir) / name
     if os.environ.get("RANK", "0") == "0" and run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"{run_dir} already exists: choose another name= or continue it with --resume {run_dir}")
+        raise FileExistsError(
+            f"{run_dir} already exists: choose another name= or continue it with --resume {run_dir}"
+        )
     return run_dir
 
 
-def train(config: str | Path | None, overrides: Sequence[str] = (), resume: str | Path | None = None) -> dict[str, Any]:
+def train(
+    config: str | Path | None, overrides: Sequence[str] = (), resume: str | Path | None = None
+) -> dict[str, Any]:
     """Train and evaluate one run; with ``resume`` continue the run folder (its saved config + overrides)."""
     if resume is not None:
         run_dir = Path(resume)
@@ -88,7 +92,9 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
     return _task(cfg.setting).evaluate_saved(run_dir)
 
 
-def predict(checkpoint: str | Path, images: Sequence[str | Path], classes: str = "all", topk: int = 5) -> list[dict]:
+def predict(
+    checkpoint: str | Path, images: Sequence[str | Path], classes: str = "all", topk: int = 5
+) -> list[dict]:
     """Top-k classes (attribute), labels (multilabel) or pairs (compositional) with scores for each image.
 
     ``checkpoint`` = a run folder (or a file inside it). ``classes``: ``all`` (GZSL space), ``seen``, ``unseen``,
@@ -113,8 +119,10 @@ def select_classes(names: Sequence[str], seen: Sequence[int], classes: str) -> n
     wanted = [c.strip() for c in classes.split(",") if c.strip()]
     unknown = [c for c in wanted if c not in names]
     if unknown:
-        raise ValueError(f"--classes: unknown class name(s) {unknown}; the run knows {len(names)} "
-                         f"(e.g. {', '.join(list(names)[:5])})")
+        raise ValueError(
+            f"--classes: unknown class name(s) {unknown}; the run knows {len(names)} "
+            f"(e.g. {', '.join(list(names)[:5])})"
+        )
     return np.array([list(names).index(c) for c in wanted])
 
 

@@ -48,7 +48,9 @@ class ESZSLConfig:
     search: bool = True  # pick (alpha, beta) on validation over alpha_grid x beta_grid
     alpha_grid: list[float] = field(default_factory=_default_grid)
     beta_grid: list[float] = field(default_factory=_default_grid)
-    backbone: str = "resnet101"  # resnet101 | resnet50 | tiny | res101.mat (the dataset's own pooled features)
+    backbone: str = (
+        "resnet101"  # resnet101 | resnet50 | tiny | res101.mat (the dataset's own pooled features)
+    )
     backbone_weights: str | None = None
     pretrained: bool = False
     tiny_widths: list[int] = field(default_factory=lambda: [32, 64, 128])
@@ -79,8 +81,9 @@ class ESZSL:
     class attributes as given. Scores: ``X V S_all^T`` (N x C, any class rows, e.g. all classes for GZSL).
     """
 
-    def __init__(self, cfg: ESZSLConfig | None = None, alpha: float | None = None, beta: float | None = None,
-                 **_: Any) -> None:
+    def __init__(
+        self, cfg: ESZSLConfig | None = None, alpha: float | None = None, beta: float | None = None, **_: Any
+    ) -> None:
         self.cfg = cfg or ESZSLConfig()
         self.alpha = float(self.cfg.alpha if alpha is None else alpha)
         self.beta = float(self.cfg.beta if beta is None else beta)
@@ -100,14 +103,18 @@ class ESZSL:
         S = np.asarray(class_attributes, dtype=np.float64)
         y = np.asarray(labels).astype(np.int64).ravel()
         if X.ndim != 2 or S.ndim != 2 or len(y) != len(X):
-            raise ValueError(f"ESZSL.fit: expected features N x D, labels N, class_attributes S x A; got "
-                             f"{X.shape}, {y.shape}, {S.shape}")
+            raise ValueError(
+                f"ESZSL.fit: expected features N x D, labels N, class_attributes S x A; got "
+                f"{X.shape}, {y.shape}, {S.shape}"
+            )
         if len(y) and (y.min() < 0 or y.max() >= len(S)):
-            raise ValueError(f"ESZSL.fit: labels must index the {len(S)} rows of class_attributes "
-                             f"(got values in [{y.min()}, {y.max()}])")
+            raise ValueError(
+                f"ESZSL.fit: labels must index the {len(S)} rows of class_attributes "
+                f"(got values in [{y.min()}, {y.max()}])"
+            )
         Y = -np.ones((len(y), len(S)))
         Y[np.arange(len(y)), y] = 1.0
-        self.V = eszsl_solve(X, Y, S, 10.0 ** self.alpha, 10.0 ** self.beta)
+        self.V = eszsl_solve(X, Y, S, 10.0**self.alpha, 10.0**self.beta)
         return self
 
     def scores(self, features: np.ndarray, class_attributes: np.ndarray) -> np.ndarray:

@@ -61,7 +61,9 @@ class XLSA17Data:
     att: np.ndarray  # C x A float32 (the file's columns, L2-normalised)
     original_att: np.ndarray  # C x A float32, raw
     semantics: str  # "original_att" | "att": which one class_attributes is
-    class_attributes: np.ndarray  # C x A float32 given to the models (negatives clamped with negative_att=clamp0)
+    class_attributes: (
+        np.ndarray
+    )  # C x A float32 given to the models (negatives clamped with negative_att=clamp0)
     image_files: list[str] | None  # N paths (mapped to image_root / root where that applies)
     labels: np.ndarray  # N int64, 0-based class ids
     features: np.ndarray | None  # N x D float32 (res101.mat)
@@ -93,7 +95,9 @@ class XLSA17Data:
         """val-unseen = ``val_loc``; val-seen = a seeded per-class ``holdout`` fraction of ``train_loc`` (at least
         one image of every class that has two or more); train = the rest of ``train_loc``."""
         if self.train_loc is None or self.val_loc is None:
-            raise DataFormatError(self.val_split_problem or f"{self.root}: no validation split (train_loc/val_loc)")
+            raise DataFormatError(
+                self.val_split_problem or f"{self.root}: no validation split (train_loc/val_loc)"
+            )
         if not 0.0 <= float(holdout) < 1.0:
             raise ValueError(f"validation holdout must be in [0, 1), got {holdout}")
         rng = np.random.default_rng(seed)
@@ -111,8 +115,13 @@ class XLSA17Data:
         val_seen = np.sort(np.concatenate(held)).astype(np.int64) if held else np.zeros(0, np.int64)
         train = np.setdiff1d(train_loc, val_seen).astype(np.int64)
         val_unseen = np.sort(self.val_loc).astype(np.int64)
-        return ValidationSplit(train, val_seen, val_unseen, np.unique(lab).astype(np.int64),
-                               np.unique(self.labels[val_unseen]).astype(np.int64))
+        return ValidationSplit(
+            train,
+            val_seen,
+            val_unseen,
+            np.unique(lab).astype(np.int64),
+            np.unique(self.labels[val_unseen]).astype(np.int64),
+        )
 
 
 # --------------------------------------------------------------------------------------------- low-level readers
@@ -124,7 +133,9 @@ def _loadmat(path: Path) -> dict[str, Any]:
     try:
         return scipy.io.loadmat(str(path))
     except NotImplementedError as exc:  # MATLAB v7.3 (HDF5)
-        raise DataFormatError(f"{path}: MATLAB v7.3 files are not supported; save it with -v7 ({exc})") from exc
+        raise DataFormatError(
+            f"{path}: MATLAB v7.3 files are not supported; save it with -v7 ({exc})"
+        ) from exc
     except Exception as exc:
         raise DataFormatError(f"{path}: not a readable MATLAB file ({type(exc).__name__}: {exc})") from exc
 
@@ -132,7 +143,9 @@ def _loadmat(path: Path) -> dict[str, Any]:
 def _field(mat: dict[str, Any], name: str, path: Path) -> Any:
     if name not in mat:
         found = sorted(k for k in mat if not k.startswith("__"))
-        raise DataFormatError(f"{path}: field '{name}' is missing (fields found: {', '.join(found) or 'none'})")
+        raise DataFormatError(
+            f"{path}: field '{name}' is missing (fields found: {', '.join(found) or 'none'})"
+        )
     return mat[name]
 
 
@@ -173,7 +186,9 @@ def _read_lines(path: Path) -> list[str]:
 def _finite(arr: np.ndarray, path: Path, name: str) -> None:
     if arr.size and not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
-        raise DataFormatError(f"{path}: field '{name}' holds NaN/inf values (first at index {tuple(int(b) for b in bad)})")
+        raise DataFormatError(
+            f"{path}: field '{name}' holds NaN/inf values (first at index {tuple(int(b) for b in bad)})"
+        )
 
 
 def read_att_splits(path: str | Path) -> dict[str, Any]:
@@ -196,13 +211,17 @@ def read_att_splits(path: str | Path) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise DataFormatError(f"{path}: field '{name}' is not numeric ({exc})") from exc
         if a.ndim != 2 or a.shape[1] != C:
-            raise DataFormatError(f"{path}: field '{name}' has shape {a.shape}, expected (A, {C}): one column per "
-                                  "class of allclasses_names")
+            raise DataFormatError(
+                f"{path}: field '{name}' has shape {a.shape}, expected (A, {C}): one column per "
+                "class of allclasses_names"
+            )
         _finite(a, path, name)
         out[name] = np.ascontiguousarray(a.T, dtype=np.float32)
     if out["att"].shape != out["original_att"].shape:
-        raise DataFormatError(f"{path}: fields 'att' {out['att'].T.shape} and 'original_att' "
-                              f"{out['original_att'].T.shape} have different shapes")
+        raise DataFormatError(
+            f"{path}: fields 'att' {out['att'].T.shape} and 'original_att' "
+            f"{out['original_att'].T.shape} have different shapes"
+        )
     locs: dict[str, np.ndarray | None] = {k: _indices(_field(mat, k, path), path, k, 1) for k in SPLIT_FIELDS}
     for k in VAL_FIELDS:
         locs[k] = _indices(mat[k], path, k, 1) if k in mat else None
@@ -222,14 +241,18 @@ def _read_image_list(path: Path, want_features: bool) -> dict[str, Any]:
         files = _cell_strings(_field(mat, "image_files", path))
         labels = _indices(_field(mat, "labels", path), path, "labels", 1)
         if len(labels) != len(files):
-            raise DataFormatError(f"{path}: field 'labels' has {len(labels)} entries, 'image_files' {len(files)}")
+            raise DataFormatError(
+                f"{path}: field 'labels' has {len(labels)} entries, 'image_files' {len(files)}"
+            )
         out: dict[str, Any] = {"image_files": files, "labels": labels, "features": None}
         if want_features and "features" in mat:
             feats = np.asarray(mat["features"])
             N = len(files)
             if feats.ndim != 2 or not np.issubdtype(feats.dtype, np.number) or N not in feats.shape:
-                raise DataFormatError(f"{path}: field 'features' has shape {feats.shape} ({feats.dtype}), expected "
-                                      f"numeric D x {N} (one column per image)")
+                raise DataFormatError(
+                    f"{path}: field 'features' has shape {feats.shape} ({feats.dtype}), expected "
+                    f"numeric D x {N} (one column per image)"
+                )
             feats = feats.T if feats.shape[1] == N else feats
             feats = np.ascontiguousarray(feats, dtype=np.float32)
             _finite(feats, path, "features")
@@ -245,26 +268,38 @@ def _read_image_list(path: Path, want_features: bool) -> dict[str, Any]:
             raw = gzip.decompress(raw)
         obj = json.loads(raw)
     except Exception as exc:
-        raise DataFormatError(f"{path}: not a readable JSON image list ({type(exc).__name__}: {exc})") from exc
+        raise DataFormatError(
+            f"{path}: not a readable JSON image list ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(obj, dict):
-        raise DataFormatError(f"{path}: expected a JSON object with keys image_files, labels, ..., got "
-                              f"{type(obj).__name__}")
+        raise DataFormatError(
+            f"{path}: expected a JSON object with keys image_files, labels, ..., got {type(obj).__name__}"
+        )
     for key in ("image_files", "labels"):
         if key not in obj:
-            raise DataFormatError(f"{path}: field '{key}' is missing (fields found: {', '.join(sorted(obj))})")
+            raise DataFormatError(
+                f"{path}: field '{key}' is missing (fields found: {', '.join(sorted(obj))})"
+            )
     try:
         base = int(obj.get("index_base", 0))
     except (TypeError, ValueError):
-        raise DataFormatError(f"{path}: field 'index_base' must be 0 or 1, got {obj.get('index_base')!r}") from None
+        raise DataFormatError(
+            f"{path}: field 'index_base' must be 0 or 1, got {obj.get('index_base')!r}"
+        ) from None
     if base not in (0, 1):
         raise DataFormatError(f"{path}: field 'index_base' must be 0 or 1, got {base}")
     if not isinstance(obj["image_files"], list) or not all(isinstance(f, str) for f in obj["image_files"]):
         raise DataFormatError(f"{path}: field 'image_files' must be a list of strings")
-    out = {"image_files": list(obj["image_files"]), "labels": _indices(obj["labels"], path, "labels", base),
-           "features": None}
+    out = {
+        "image_files": list(obj["image_files"]),
+        "labels": _indices(obj["labels"], path, "labels", base),
+        "features": None,
+    }
     if len(out["labels"]) != len(out["image_files"]):
-        raise DataFormatError(f"{path}: field 'labels' has {len(out['labels'])} entries, 'image_files' "
-                              f"{len(out['image_files'])}")
+        raise DataFormatError(
+            f"{path}: field 'labels' has {len(out['labels'])} entries, 'image_files' "
+            f"{len(out['image_files'])}"
+        )
     for key in SPLIT_FIELDS:
         if key in obj:
             out[key] = _indices(obj[key], path, key, base)
@@ -292,13 +327,17 @@ def load_attribute_vectors(path: str | Path, n_attributes: int) -> np.ndarray:
     else:
         arr = safe_pickle_load(path)  # UnsafeFileError for anything that is not numpy / plain containers
     if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
-        raise DataFormatError(f"{path}: expected a numeric array of attribute word vectors, got "
-                              f"{type(arr).__name__}{'' if not isinstance(arr, np.ndarray) else ' ' + str(arr.dtype)}")
+        raise DataFormatError(
+            f"{path}: expected a numeric array of attribute word vectors, got "
+            f"{type(arr).__name__}{'' if not isinstance(arr, np.ndarray) else ' ' + str(arr.dtype)}"
+        )
     if arr.ndim != 2:
         raise DataFormatError(f"{path}: attribute word vectors must be 2-D (A, W), got shape {arr.shape}")
     if arr.shape[0] != n_attributes:
-        raise DataFormatError(f"{path}: wrong attribute dimension: got {arr.shape[0]} rows (shape {arr.shape}), "
-                              f"expected {n_attributes} (one row per attribute of att_splits.mat)")
+        raise DataFormatError(
+            f"{path}: wrong attribute dimension: got {arr.shape[0]} rows (shape {arr.shape}), "
+            f"expected {n_attributes} (one row per attribute of att_splits.mat)"
+        )
     _finite(arr, path, "word vectors")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
@@ -327,10 +366,12 @@ def _anchor_tail(p: str, mode: str, key: str) -> str | None:
     hits = [m.start() for m in re.finditer(r"(?<![^/])" + re.escape(key), p)]
     if not hits:
         return None
-    if mode == "from":  # SUN: images/<letter>/<scene>/...; prefer an occurrence followed by a one-letter folder
-        hits = [h for h in hits if re.match(r"[^/]/", p[h + len(key):])] or hits
+    if (
+        mode == "from"
+    ):  # SUN: images/<letter>/<scene>/...; prefer an occurrence followed by a one-letter folder
+        hits = [h for h in hits if re.match(r"[^/]/", p[h + len(key) :])] or hits
     pos = hits[-1]
-    return p[pos + len(key):] if mode == "after" else p[pos:]
+    return p[pos + len(key) :] if mode == "after" else p[pos:]
 
 
 def map_image_path(stored: str, dataset: str, image_root: str | Path | None, root: str | Path) -> str:
@@ -352,36 +393,49 @@ def map_image_path(stored: str, dataset: str, image_root: str | Path | None, roo
     tail = _anchor_tail(p, mode, key)
     if tail is None or not tail.strip("/"):
         where = "the part after" if mode == "after" else "the part from"
-        raise DataFormatError(f"image path '{stored}' does not contain the {dataset} anchor folder '{key}' "
-                              f"({where} it is joined to image_root {image_root})")
+        raise DataFormatError(
+            f"image path '{stored}' does not contain the {dataset} anchor folder '{key}' "
+            f"({where} it is joined to image_root {image_root})"
+        )
     return str(image_root / tail.lstrip("/"))
 
 
 # --------------------------------------------------------------------------------------------- validation
-def _validate(att_path: Path, list_path: Path, class_names: list[str], labels: np.ndarray,
-              locs: dict[str, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+def _validate(
+    att_path: Path,
+    list_path: Path,
+    class_names: list[str],
+    labels: np.ndarray,
+    locs: dict[str, np.ndarray | None],
+) -> tuple[np.ndarray, np.ndarray]:
     C, N = len(class_names), len(labels)
     if N == 0:
         raise DataFormatError(f"{list_path}: the image list is empty")
     if labels.min() < 0 or labels.max() >= C:
         bad = int(np.flatnonzero((labels < 0) | (labels >= C))[0])
-        raise DataFormatError(f"{list_path}: field 'labels': image {bad} has class id {labels[bad]} (0-based), "
-                              f"expected 0..{C - 1} ({C} classes in {att_path.name})")
+        raise DataFormatError(
+            f"{list_path}: field 'labels': image {bad} has class id {labels[bad]} (0-based), "
+            f"expected 0..{C - 1} ({C} classes in {att_path.name})"
+        )
     for k, v in locs.items():
         if v is None:
             continue
         if v.size and (v.min() < 0 or v.max() >= N):
             bad = v[(v < 0) | (v >= N)][0]
-            raise DataFormatError(f"{att_path}: field '{k}': index {bad + 1} (1-based) is out of range 1..{N} "
-                                  f"(the image list {list_path} has {N} images)")
+            raise DataFormatError(
+                f"{att_path}: field '{k}': index {bad + 1} (1-based) is out of range 1..{N} "
+                f"(the image list {list_path} has {N} images)"
+            )
         if len(np.unique(v)) != len(v):
             raise DataFormatError(f"{att_path}: field '{k}' lists {len(v) - len(np.unique(v))} images twice")
     for i, a in enumerate(SPLIT_FIELDS):
-        for b in SPLIT_FIELDS[i + 1:]:
+        for b in SPLIT_FIELDS[i + 1 :]:
             both = np.intersect1d(locs[a], locs[b])
             if both.size:
-                raise DataFormatError(f"{att_path}: fields '{a}' and '{b}' overlap: {both.size} shared images "
-                                      f"(first: {both[0] + 1}, 1-based); the three splits must be disjoint")
+                raise DataFormatError(
+                    f"{att_path}: fields '{a}' and '{b}' overlap: {both.size} shared images "
+                    f"(first: {both[0] + 1}, 1-based); the three splits must be disjoint"
+                )
     if not len(locs["trainval_loc"]):
         raise DataFormatError(f"{att_path}: field 'trainval_loc' is empty")
     seen = np.unique(labels[locs["trainval_loc"]]).astype(np.int64)
@@ -390,12 +444,16 @@ def _validate(att_path: Path, list_path: Path, class_names: list[str], labels: n
     if len(ts) and not np.array_equal(ts, seen):
         extra = [class_names[c] for c in np.setdiff1d(ts, seen)][:5]
         absent = [class_names[c] for c in np.setdiff1d(seen, ts)][:5]
-        raise DataFormatError(f"{att_path}: field 'test_seen_loc': its classes differ from those of trainval_loc "
-                              f"(not in trainval: {extra}; without test images: {absent})")
+        raise DataFormatError(
+            f"{att_path}: field 'test_seen_loc': its classes differ from those of trainval_loc "
+            f"(not in trainval: {extra}; without test images: {absent})"
+        )
     common = np.intersect1d(seen, unseen)
     if common.size:
-        raise DataFormatError(f"{att_path}: field 'test_unseen_loc': classes also in trainval_loc: "
-                              f"{[class_names[c] for c in common][:5]}")
+        raise DataFormatError(
+            f"{att_path}: field 'test_unseen_loc': classes also in trainval_loc: "
+            f"{[class_names[c] for c in common][:5]}"
+        )
     return seen, unseen
 
 
@@ -406,25 +464,34 @@ def _check_val_split(src: str, labels: np.ndarray, locs: dict[str, np.ndarray | 
     for k, v in (("train_loc", tr), ("val_loc", va)):
         outside = np.setdiff1d(v, pool)
         if outside.size:
-            raise DataFormatError(f"{src}: field '{k}' has {outside.size} images outside trainval_loc ∪ "
-                                  f"test_seen_loc (first: {outside[0] + 1}, 1-based)")
+            raise DataFormatError(
+                f"{src}: field '{k}' has {outside.size} images outside trainval_loc ∪ "
+                f"test_seen_loc (first: {outside[0] + 1}, 1-based)"
+            )
     if not len(tr) or not len(va):
-        raise DataFormatError(f"{src}: the validation split is empty (train_loc {len(tr)}, val_loc {len(va)} images)")
+        raise DataFormatError(
+            f"{src}: the validation split is empty (train_loc {len(tr)}, val_loc {len(va)} images)"
+        )
     common = np.intersect1d(np.unique(labels[tr]), np.unique(labels[va]))
     if common.size:
-        raise DataFormatError(f"{src}: fields 'train_loc' and 'val_loc' share classes ({common.size}, e.g. class "
-                              f"{int(common[0])}); the validation split is a class split")
+        raise DataFormatError(
+            f"{src}: fields 'train_loc' and 'val_loc' share classes ({common.size}, e.g. class "
+            f"{int(common[0])}); the validation split is a class split"
+        )
 
 
-def _derive_val_split(lists_dir: Path, class_names: list[str], labels: np.ndarray,
-                      locs: dict[str, np.ndarray | None]) -> tuple[str, str]:
+def _derive_val_split(
+    lists_dir: Path, class_names: list[str], labels: np.ndarray, locs: dict[str, np.ndarray | None]
+) -> tuple[str, str]:
     """train_loc / val_loc from trainclasses1.txt / valclasses1.txt (spec §1.6). Returns (source, problem)."""
     files = [lists_dir / f for f in CLASS_LIST_FILES]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        return "", (f"no validation split: att_splits.mat has no train_loc/val_loc and the xlsa17 class lists are "
-                    f"missing: {', '.join(missing)} (put trainclasses1.txt and valclasses1.txt next to "
-                    "att_splits.mat or set class_lists_dir)")
+        return "", (
+            f"no validation split: att_splits.mat has no train_loc/val_loc and the xlsa17 class lists are "
+            f"missing: {', '.join(missing)} (put trainclasses1.txt and valclasses1.txt next to "
+            "att_splits.mat or set class_lists_dir)"
+        )
     index = {n: i for i, n in enumerate(class_names)}
     pool = np.concatenate([locs["trainval_loc"], locs["test_seen_loc"]])  # type: ignore[list-item]
     seen = set(np.unique(labels[locs["trainval_loc"]]).tolist())
@@ -432,12 +499,16 @@ def _derive_val_split(lists_dir: Path, class_names: list[str], labels: np.ndarra
         wanted = _read_lines(f)
         unknown = [n for n in wanted if n not in index]
         if unknown:
-            raise DataFormatError(f"{f}: class names not in allclasses_names of att_splits.mat: {unknown[:5]}"
-                                  f"{' ...' if len(unknown) > 5 else ''}")
+            raise DataFormatError(
+                f"{f}: class names not in allclasses_names of att_splits.mat: {unknown[:5]}"
+                f"{' ...' if len(unknown) > 5 else ''}"
+            )
         ids = np.array(sorted({index[n] for n in wanted}), dtype=np.int64)
         not_seen = [class_names[i] for i in ids if int(i) not in seen]
         if not_seen:
-            raise DataFormatError(f"{f}: classes that are not seen classes (not in trainval_loc): {not_seen[:5]}")
+            raise DataFormatError(
+                f"{f}: classes that are not seen classes (not in trainval_loc): {not_seen[:5]}"
+            )
         locs[key] = np.sort(pool[np.isin(labels[pool], ids)]).astype(np.int64)
     return f"{files[0]}, {files[1]}", ""
 
@@ -447,18 +518,29 @@ def _check_paths(files: list[str], stored: list[str], list_path: Path, limit: in
     """The first ``limit`` paths must exist (negative: all of them, and the error counts the missing ones)."""
     n = len(files) if limit < 0 else min(limit, len(files))
     missing = [i for i in range(n) if not Path(files[i]).is_file()] if limit < 0 else []
-    for i in (missing[:1] if limit < 0 else range(n)):
+    for i in missing[:1] if limit < 0 else range(n):
         if not Path(files[i]).is_file():
             count = f"{len(missing)} of {len(files)} images are missing; first: " if limit < 0 else ""
-            raise DataFormatError(f"{list_path}: field 'image_files': {count}image {i} not found: {files[i]} (stored "
-                                  f"as '{stored[i]}'); set image_root to the folder the stored paths map to (or "
-                                  "check_images=0 for a features-only run)")
+            raise DataFormatError(
+                f"{list_path}: field 'image_files': {count}image {i} not found: {files[i]} (stored "
+                f"as '{stored[i]}'); set image_root to the folder the stored paths map to (or "
+                "check_images=0 for a features-only run)"
+            )
 
 
-def load_xlsa17(root: str | Path, dataset: str | None = None, *, semantics: str = "original_att",
-                negative_att: str = "keep", image_root: str | Path | None = None,
-                image_list: str | Path | None = None, features: str = "auto", w2v: str | Path | None = None,
-                class_lists_dir: str | Path | None = None, check_images: int = 16) -> XLSA17Data:
+def load_xlsa17(
+    root: str | Path,
+    dataset: str | None = None,
+    *,
+    semantics: str = "original_att",
+    negative_att: str = "keep",
+    image_root: str | Path | None = None,
+    image_list: str | Path | None = None,
+    features: str = "auto",
+    w2v: str | Path | None = None,
+    class_lists_dir: str | Path | None = None,
+    check_images: int = 16,
+) -> XLSA17Data:
     """Read and validate an xlsa17 dataset folder.
 
     ``root`` holds ``att_splits.mat``; the dataset name defaults to the folder name upper-cased. The image list
@@ -491,15 +573,19 @@ def load_xlsa17(root: str | Path, dataset: str | None = None, *, semantics: str 
     else:
         found = [root / n for n in IMAGE_LIST_NAMES if (root / n).is_file()]
         if not found:
-            raise DataFormatError(f"{root}: no image list: looked for {', '.join(str(root / n) for n in IMAGE_LIST_NAMES)}"
-                                  " (or pass image_list=PATH to a res101.mat or a JSON list)")
+            raise DataFormatError(
+                f"{root}: no image list: looked for {', '.join(str(root / n) for n in IMAGE_LIST_NAMES)}"
+                " (or pass image_list=PATH to a res101.mat or a JSON list)"
+            )
         list_path = found[0]
     il = _read_image_list(list_path, want_features=features != "none")
     labels: np.ndarray = il["labels"]
     for k in SPLIT_FIELDS:
         if k in il and not np.array_equal(np.sort(il[k]), np.sort(locs[k])):  # type: ignore[arg-type]
-            raise DataFormatError(f"{list_path}: field '{k}' disagrees with '{k}' of {att_path} "
-                                  f"({len(il[k])} vs {len(locs[k])} images; different image order?)")  # type: ignore[arg-type]
+            raise DataFormatError(
+                f"{list_path}: field '{k}' disagrees with '{k}' of {att_path} "
+                f"({len(il[k])} vs {len(locs[k])} images; different image order?)"
+            )  # type: ignore[arg-type]
     if il["features"] is None and features == "require":
         raise DataFormatError(f"{list_path}: field 'features' is missing (features='require')")
     seen, unseen = _validate(att_path, list_path, class_names, labels, locs)
@@ -533,12 +619,26 @@ def load_xlsa17(root: str | Path, dataset: str | None = None, *, semantics: str 
         _check_paths(files, stored, list_path, check_images)
 
     return XLSA17Data(
-        root=root, dataset=dataset, class_names=class_names, att=splits["att"], original_att=splits["original_att"],
-        semantics=semantics, class_attributes=np.ascontiguousarray(class_attributes, dtype=np.float32),
-        image_files=files, labels=labels, features=il["features"], trainval_loc=locs["trainval_loc"],  # type: ignore[arg-type]
-        test_seen_loc=locs["test_seen_loc"], test_unseen_loc=locs["test_unseen_loc"],  # type: ignore[arg-type]
-        train_loc=locs["train_loc"], val_loc=locs["val_loc"], seen_classes=seen, unseen_classes=unseen,
-        attribute_embeddings=embeddings, attribute_names=attribute_names, val_split_source=val_source,
+        root=root,
+        dataset=dataset,
+        class_names=class_names,
+        att=splits["att"],
+        original_att=splits["original_att"],
+        semantics=semantics,
+        class_attributes=np.ascontiguousarray(class_attributes, dtype=np.float32),
+        image_files=files,
+        labels=labels,
+        features=il["features"],
+        trainval_loc=locs["trainval_loc"],  # type: ignore[arg-type]
+        test_seen_loc=locs["test_seen_loc"],
+        test_unseen_loc=locs["test_unseen_loc"],  # type: ignore[arg-type]
+        train_loc=locs["train_loc"],
+        val_loc=locs["val_loc"],
+        seen_classes=seen,
+        unseen_classes=unseen,
+        attribute_embeddings=embeddings,
+        attribute_names=attribute_names,
+        val_split_source=val_source,
         val_split_problem=val_problem,
     )
 
@@ -561,16 +661,29 @@ def check_xlsa17(root: str | Path, **kwargs: Any) -> list[str]:
     ]
     if d.train_loc is not None and d.val_loc is not None:
         vs = d.validation_split(holdout)
-        lines.append(f"validation class split ({d.val_split_source}): train_loc {len(d.train_loc)} images "
-                     f"({n_cls(d.train_loc)} classes), val_loc {len(d.val_loc)} images ({n_cls(d.val_loc)} classes)")
-        lines.append(f"validation run: train {len(vs.train)}, val-seen {len(vs.val_seen)} ({holdout:.0%} per-class "
-                     f"hold-out, {len(vs.seen_classes)} classes), val-unseen {len(vs.val_unseen)} "
-                     f"({len(vs.unseen_classes)} classes)")
+        lines.append(
+            f"validation class split ({d.val_split_source}): train_loc {len(d.train_loc)} images "
+            f"({n_cls(d.train_loc)} classes), val_loc {len(d.val_loc)} images ({n_cls(d.val_loc)} classes)"
+        )
+        lines.append(
+            f"validation run: train {len(vs.train)}, val-seen {len(vs.val_seen)} ({holdout:.0%} per-class "
+            f"hold-out, {len(vs.seen_classes)} classes), val-unseen {len(vs.val_unseen)} "
+            f"({len(vs.unseen_classes)} classes)"
+        )
     else:
         lines.append(f"WARNING {d.val_split_problem}")
-    lines.append("features: " + ("none" if d.features is None else f"res101 {d.features.shape[0]} x {d.features.shape[1]}"))
-    lines.append("attribute word vectors: " + ("none" if d.attribute_embeddings is None else
-                                               f"{d.attribute_embeddings.shape[0]} x {d.attribute_embeddings.shape[1]}"))
+    lines.append(
+        "features: "
+        + ("none" if d.features is None else f"res101 {d.features.shape[0]} x {d.features.shape[1]}")
+    )
+    lines.append(
+        "attribute word vectors: "
+        + (
+            "none"
+            if d.attribute_embeddings is None
+            else f"{d.attribute_embeddings.shape[0]} x {d.attribute_embeddings.shape[1]}"
+        )
+    )
     lines.append("attribute names: " + ("none" if d.attribute_names is None else f"{len(d.attribute_names)}"))
     return lines
 
@@ -611,7 +724,9 @@ class FeatureDataset(Dataset):
         self.x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64).ravel())
         if self.x.ndim != 2 or len(self.x) != len(self.y):
-            raise ValueError(f"FeatureDataset: features {tuple(self.x.shape)} do not match {len(self.y)} labels")
+            raise ValueError(
+                f"FeatureDataset: features {tuple(self.x.shape)} do not match {len(self.y)} labels"
+            )
 
     def __len__(self) -> int:
         return len(self.y)
@@ -621,6 +736,14 @@ class FeatureDataset(Dataset):
 
 
 __all__ = [
-    "ANCHORS", "FeatureDataset", "ImageListDataset", "ValidationSplit", "XLSA17Data", "check_xlsa17",
-    "load_attribute_vectors", "load_xlsa17", "map_image_path", "read_att_splits",
+    "ANCHORS",
+    "FeatureDataset",
+    "ImageListDataset",
+    "ValidationSplit",
+    "XLSA17Data",
+    "check_xlsa17",
+    "load_attribute_vectors",
+    "load_xlsa17",
+    "map_image_path",
+    "read_att_splits",
 ]

@@ -165,8 +165,14 @@ class _Prepared(NamedTuple):
     unseen_img: np.ndarray  # bool (N,): images evaluated in U
 
 
-def _prepare(scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any, seen_mask: Any = None,
-             dtype: type = np.float64) -> _Prepared:
+def _prepare(
+    scores: Any,
+    labels: Any,
+    seen_classes: Any,
+    unseen_classes: Any,
+    seen_mask: Any = None,
+    dtype: type = np.float64,
+) -> _Prepared:
     x = np.asarray(_to_numpy(scores))
     if x.ndim != 2:
         raise ValueError(f"scores: expected an N x C matrix, got shape {x.shape}")
@@ -184,8 +190,9 @@ def _prepare(scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any, s
     is_seen_label = np.isin(y, seen)
     bad = ~(is_seen_label | np.isin(y, unseen))
     if bad.any():
-        raise ValueError(f"labels: {int(bad.sum())} label(s) are neither seen nor unseen class ids "
-                         f"(e.g. {int(y[bad][0])})")
+        raise ValueError(
+            f"labels: {int(bad.sum())} label(s) are neither seen nor unseen class ids (e.g. {int(y[bad][0])})"
+        )
     cols = np.concatenate([seen, unseen])
     if not np.all(np.isfinite(x[:, cols])):
         raise ValueError("scores: non-finite values in the seen/unseen columns")
@@ -286,7 +293,9 @@ def czsl_accuracy(scores: Any, labels: Any, unseen_classes: Any) -> float:
         raise ValueError("CZSL needs at least one unseen class")
     bad = ~np.isin(y, unseen)
     if bad.any():
-        raise ValueError(f"labels: {int(bad.sum())} CZSL label(s) are not unseen class ids (e.g. {int(y[bad][0])})")
+        raise ValueError(
+            f"labels: {int(bad.sum())} CZSL label(s) are not unseen class ids (e.g. {int(y[bad][0])})"
+        )
     if y.size == 0:
         return float("nan")
     pred = unseen[np.argmax(x[:, unseen].astype(np.float64, copy=False), axis=1)]
@@ -300,8 +309,9 @@ def _gzsl_from(p: _Prepared, r: _Reduced, delta: np.ndarray, gamma: float) -> GZ
     return GZSLResult(S, U, harmonic_mean(S, U), float(gamma))
 
 
-def gzsl_accuracy(scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any, gamma: float,
-                  seen_mask: Any = None) -> GZSLResult:
+def gzsl_accuracy(
+    scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any, gamma: float, seen_mask: Any = None
+) -> GZSLResult:
     """GZSL S/U/H with calibrated stacking at ``gamma`` (score units; subtracted from the seen scores).
 
     Prediction: argmax over ``[seen ascending ; unseen ascending]`` of ``score - gamma * 1[seen]``, first column
@@ -326,8 +336,9 @@ def _interval_midpoint(lo: float, hi: float) -> float:
     return mid if lo < mid <= hi else hi
 
 
-def gamma_sweep(scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any, *,
-                seen_mask: Any = None) -> Sweep:
+def gamma_sweep(
+    scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any, *, seen_mask: Any = None
+) -> Sweep:
     """Exact calibrated-stacking sweep over all breakpoints (float64; see ``Sweep`` for the points).
 
     Cost O(N log N + N * C): one per-sample reduction, a sort of the breakpoints and one cumulative sum of
@@ -359,7 +370,7 @@ def gamma_sweep(scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any
     robust[0] = float(d[0]) - 1.0
     bi = int(np.argmax(H))
     # widen to the run of identical (S, U) around the best point
-    same = (_eq_nan(S, S[bi]) & _eq_nan(U, U[bi]))
+    same = _eq_nan(S, S[bi]) & _eq_nan(U, U[bi])
     j0 = bi
     while j0 > 0 and same[j0 - 1]:
         j0 -= 1
@@ -418,8 +429,16 @@ def _grid_thresholds(s: np.ndarray, u: np.ndarray, step: float, bound: int) -> n
     return lo
 
 
-def oracle_grid_sweep(scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any, step: float = 0.01, *,
-                      seen_mask: Any = None, max_points: int = 1_000_000) -> Sweep:
+def oracle_grid_sweep(
+    scores: Any,
+    labels: Any,
+    seen_classes: Any,
+    unseen_classes: Any,
+    step: float = 0.01,
+    *,
+    seen_mask: Any = None,
+    max_points: int = 1_000_000,
+) -> Sweep:
     """The release's reference gamma grid (spec section 3.5), computed without re-running the argmax per gamma.
 
     Scores are cast to float32; ``gamma_k = float32(k * step)`` is subtracted from the seen scores in float32.
@@ -451,16 +470,20 @@ def oracle_grid_sweep(scores: Any, labels: Any, seen_classes: Any, unseen_classe
     k_hi = max(0, int(K[ok_s].max()) + 1) if ok_s.any() else 0
     n_points = k_hi - k_lo + 1
     if n_points > max_points:
-        raise GridTooLargeError(f"the gamma grid with step {step} would need {n_points} points "
-                                f"(> max_points={max_points}); the scores span a very large range — use the "
-                                "exact sweep (gamma_sweep) or a larger step")
+        raise GridTooLargeError(
+            f"the gamma grid with step {step} would need {n_points} points "
+            f"(> max_points={max_points}); the scores span a very large range — use the "
+            "exact sweep (gamma_sweep) or a larger step"
+        )
     ks = np.arange(k_lo, k_hi + 1, dtype=np.int64)
     T, S_state, U_state = _state_curves(p, r, K)
     q = np.searchsorted(T, ks, side="left")
     S, U = S_state[q], U_state[q]
     H = harmonic_mean(S, U)
     gammas = (ks.astype(np.float64) * step).astype(np.float32).astype(np.float64)
-    order = np.concatenate([np.arange(-k_lo, -1, -1), np.arange(1 - k_lo, n_points)])  # k = 0, -1, .., k_lo, 1, ..
+    order = np.concatenate(
+        [np.arange(-k_lo, -1, -1), np.arange(1 - k_lo, n_points)]
+    )  # k = 0, -1, .., k_lo, 1, ..
     bi = int(order[np.argmax(H[order])])
     best = GZSLResult(float(S[bi]), float(U[bi]), float(H[bi]), float(gammas[bi]))
     return Sweep(gammas, S, U, H, best, bi, "grid", gammas.copy())
@@ -479,16 +502,26 @@ def ausuc(sweep: Sweep) -> float:
     return float(np.trapezoid(S[o], U[o]))
 
 
-def select_gamma(scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any, *,
-                 seen_mask: Any = None) -> tuple[float, GZSLResult]:
+def select_gamma(
+    scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any, *, seen_mask: Any = None
+) -> tuple[float, GZSLResult]:
     """Calibration on validation: ``(gamma, result)`` of the exact sweep's best H (robust gamma, see
     ``gamma_sweep``)."""
     sw = gamma_sweep(scores, labels, seen_classes, unseen_classes, seen_mask=seen_mask)
     return sw.best.gamma, sw.best
 
 
-def evaluate_attribute(scores: Any, labels: Any, seen_classes: Any, unseen_classes: Any, gamma: float, *,
-                       oracle: bool = True, ausuc_mode: str = "grid", seen_mask: Any = None) -> dict[str, float]:
+def evaluate_attribute(
+    scores: Any,
+    labels: Any,
+    seen_classes: Any,
+    unseen_classes: Any,
+    gamma: float,
+    *,
+    oracle: bool = True,
+    ausuc_mode: str = "grid",
+    seen_mask: Any = None,
+) -> dict[str, float]:
     """Test-set metrics (fractions in [0, 1]) as a flat dict.
 
     ``scores``: rows = the test images (test_seen and test_unseen), columns = all classes in global order;
@@ -510,8 +543,14 @@ def evaluate_attribute(scores: Any, labels: Any, seen_classes: Any, unseen_class
     at0 = _gzsl_from(p, r, delta, 0.0)
     czsl = czsl_accuracy(x[p.unseen_img], y[p.unseen_img], unseen) if p.unseen_img.any() else float("nan")
     out: dict[str, float] = {
-        "czsl_top1": czsl, "S": at.S, "U": at.U, "H": at.H, "gamma": float(gamma),
-        "S_gamma0": at0.S, "U_gamma0": at0.U, "H_gamma0": at0.H,
+        "czsl_top1": czsl,
+        "S": at.S,
+        "U": at.U,
+        "H": at.H,
+        "gamma": float(gamma),
+        "S_gamma0": at0.S,
+        "U_gamma0": at0.U,
+        "H_gamma0": at0.H,
     }
     grid = exact = None
     if oracle or ausuc_mode == "grid":
@@ -525,5 +564,7 @@ def evaluate_attribute(scores: Any, labels: Any, seen_classes: Any, unseen_class
     if oracle:
         nan = float("nan")
         g = grid.best if grid is not None else GZSLResult(nan, nan, nan, nan)
-        out.update(oracle_S=g.S, oracle_U=g.U, oracle_H=g.H, oracle_gamma=g.gamma, oracle_exact_H=exact.best.H)
+        out.update(
+            oracle_S=g.S, oracle_U=g.U, oracle_H=g.H, oracle_gamma=g.gamma, oracle_exact_H=exact.best.H
+        )
     return out

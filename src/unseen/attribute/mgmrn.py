@@ -48,14 +48,21 @@ class MgMRNConfig:
         lv = list(self.levels)
         if not lv or any(v not in (1, 2, 3) for v in lv) or lv != sorted(set(lv)):
             raise ConfigError(f"{where}.levels: expected an ascending subset of [1, 2, 3], got {lv}")
-        choices = {"grouping": ("parts", "collapsed", "none"), "down": ("bilinear", "avgpool"),
-                   "step_mode": ("joint", "sequential")}
+        choices = {
+            "grouping": ("parts", "collapsed", "none"),
+            "down": ("bilinear", "avgpool"),
+            "step_mode": ("joint", "sequential"),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"{where}.{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+                raise ConfigError(
+                    f"{where}.{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}"
+                )
         if len(self.level_weights) not in (len(lv), 3):
-            raise ConfigError(f"{where}.level_weights: expected {len(lv)} (one per entry of levels) or 3 "
-                              f"(one per level 1..3) numbers, got {list(self.level_weights)}")
+            raise ConfigError(
+                f"{where}.level_weights: expected {len(lv)} (one per entry of levels) or 3 "
+                f"(one per level 1..3) numbers, got {list(self.level_weights)}"
+            )
         for key in ("width", "model_dim", "n_parts"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{where}.{key}: must be positive, got {getattr(self, key)}")
@@ -92,7 +99,10 @@ class ConvBlock(nn.Module):
         x = F.relu(self.norm(self.conv(x)))
         if not self.downsample:
             return x
-        h, w = (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2  # = x0.5 for even sizes, ceil like a stride-2 conv
+        h, w = (
+            (x.shape[-2] + 1) // 2,
+            (x.shape[-1] + 1) // 2,
+        )  # = x0.5 for even sizes, ceil like a stride-2 conv
         if self.down == "avgpool":
             return F.avg_pool2d(x, 2, 2, ceil_mode=True)
         return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=True)
@@ -127,7 +137,11 @@ class GroupingUnit(nn.Module):
         with _no_autocast(f):
             fh = F.normalize(f.float().flatten(2), dim=1)
             ch = F.normalize(self.centres.float(), dim=1)
-            d2 = fh.pow(2).sum(1, keepdim=True) + ch.pow(2).sum(1).view(1, -1, 1) - 2 * torch.einsum("kc,bcn->bkn", ch, fh)
+            d2 = (
+                fh.pow(2).sum(1, keepdim=True)
+                + ch.pow(2).sum(1).view(1, -1, 1)
+                - 2 * torch.einsum("kc,bcn->bkn", ch, fh)
+            )
             return torch.softmax(-d2 / torch.sigmoid(self.smooth.float()).view(1, -1, 1), dim=1)
 
     def collapsed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,9 +171,12 @@ class LevelModule(nn.Module):
         elif grouping == "parts":
             self.group = GroupingUnit(width, n_parts)
         n_blocks = max(1, n_down)
-        self.blocks = nn.Sequential(*[
-            ConvBlock(cin if i == 0 else width, width, downsample=i < n_down, down=down) for i in range(n_blocks)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                ConvBlock(cin if i == 0 else width, width, downsample=i < n_down, down=down)
+                for i in range(n_blocks)
+            ]
+        )
 
     def forward(self, x: torch.Tensor, with_parts: bool = True) -> tuple[torch.Tensor, Any, Any]:
         assign = parts = None
@@ -191,7 +208,9 @@ class SCAM(nn.Module):
 class VSD(nn.Module):
     """Visual-semantic decoder (spec §2.5): attribute queries attend over the level's tokens; one head, no LN/FFN."""
 
-    def __init__(self, emb_dim: int, width: int, model_dim: int, n_attributes: int, scale: bool = False) -> None:
+    def __init__(
+        self, emb_dim: int, width: int, model_dim: int, n_attributes: int, scale: bool = False
+    ) -> None:
         super().__init__()
         self.q = nn.Linear(emb_dim, model_dim)
         self.k = nn.Linear(width, model_dim)
@@ -203,7 +222,9 @@ class VSD(nn.Module):
     def forward(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(A x E, B x N x W) -> predicted attributes B x A, attention B x A x N."""
         q, k, v = self.q(embeddings), self.k(tokens), self.v(tokens)
-        with _no_autocast(tokens):  # the unscaled logits are large: keep them (and the softmax) in fp32 under AMP
+        with _no_autocast(
+            tokens
+        ):  # the unscaled logits are large: keep them (and the softmax) in fp32 under AMP
             attn = torch.softmax(torch.einsum("am,bnm->ban", q.float(), k.float()) * self.scale, dim=-1)
         z = torch.bmm(attn.to(v.dtype), v)
         o = self.o(z)
@@ -240,8 +261,13 @@ class MgMRN(nn.Module):
     ``cfg.levels`` (the engine passes ``train_substeps()`` entries); see :meth:`forward`.
     """
 
-    def __init__(self, cfg: MgMRNConfig, attribute_embeddings: torch.Tensor | None = None,
-                 backbone: nn.Module | None = None, **_: Any) -> None:
+    def __init__(
+        self,
+        cfg: MgMRNConfig,
+        attribute_embeddings: torch.Tensor | None = None,
+        backbone: nn.Module | None = None,
+        **_: Any,
+    ) -> None:
         super().__init__()
         if attribute_embeddings is None:
             raise ValueError(f"{cfg.name}: attribute_embeddings (A x word-vector dim) are required")
@@ -251,17 +277,25 @@ class MgMRN(nn.Module):
         self.cfg = cfg
         self.register_buffer("attribute_embeddings", emb)
         if backbone is None:
-            backbone = build_backbone(cfg.backbone, weights=cfg.backbone_weights, pretrained=cfg.pretrained,
-                                      tiny_widths=cfg.tiny_widths)
+            backbone = build_backbone(
+                cfg.backbone,
+                weights=cfg.backbone_weights,
+                pretrained=cfg.pretrained,
+                tiny_widths=cfg.tiny_widths,
+            )
         self.backbone = backbone
         channels = tuple(backbone.out_channels)
         strides = tuple(getattr(backbone, "strides", (8, 16, 32)))
         self.levels: list[int] = list(cfg.levels)
         self.n_down = {lv: n_halvings(strides[lv - 1], strides[-1]) for lv in self.levels}
-        self.mgm = nn.ModuleDict({
-            str(lv): LevelModule(channels[lv - 1], cfg.width, self.n_down[lv], cfg.grouping, cfg.n_parts, cfg.down)
-            for lv in self.levels
-        })
+        self.mgm = nn.ModuleDict(
+            {
+                str(lv): LevelModule(
+                    channels[lv - 1], cfg.width, self.n_down[lv], cfg.grouping, cfg.n_parts, cfg.down
+                )
+                for lv in self.levels
+            }
+        )
         self.sources: dict[int, list[int]] = {}
         if cfg.refinement:
             for lv in self.levels:
@@ -270,11 +304,16 @@ class MgMRN(nn.Module):
                     self.sources[lv] = coarser
             if cfg.mrm_bidirectional and len(self.levels) > 1:
                 self.sources[self.levels[-1]] = self.levels[:-1]
-        self.scam = nn.ModuleDict({str(lv): SCAM(cfg.width * len(src), cfg.width) for lv, src in self.sources.items()})
+        self.scam = nn.ModuleDict(
+            {str(lv): SCAM(cfg.width * len(src), cfg.width) for lv, src in self.sources.items()}
+        )
         A = emb.shape[0]
-        self.vsd = nn.ModuleDict({
-            str(lv): VSD(emb.shape[1], cfg.width, cfg.model_dim, A, cfg.attention_scale) for lv in self.levels
-        })
+        self.vsd = nn.ModuleDict(
+            {
+                str(lv): VSD(emb.shape[1], cfg.width, cfg.model_dim, A, cfg.attention_scale)
+                for lv in self.levels
+            }
+        )
 
     # ---- engine hooks
     def train_substeps(self) -> list[list[int] | None]:
@@ -289,7 +328,9 @@ class MgMRN(nn.Module):
             return list(range(len(self.levels)))
         pos = sorted({int(p) for p in levels})
         if not pos or any(p < 0 or p >= len(self.levels) for p in pos):
-            raise ValueError(f"levels: positions into {self.levels} expected (0..{len(self.levels) - 1}), got {levels}")
+            raise ValueError(
+                f"levels: positions into {self.levels} expected (0..{len(self.levels) - 1}), got {levels}"
+            )
         return pos
 
     def _backbone_maps(self, images: torch.Tensor, grad_upto: int, upto: int) -> list[torch.Tensor]:
@@ -329,8 +370,10 @@ class MgMRN(nn.Module):
                 assign[lv] = a
         sizes = {tuple(f.shape[-2:]) for f in feats.values()}
         if len(sizes) > 1:
-            raise ValueError(f"level maps have different sizes {sorted(sizes)}: the input size must be divisible "
-                             "by the backbone's largest stride (32)")
+            raise ValueError(
+                f"level maps have different sizes {sorted(sizes)}: the input size must be divisible "
+                "by the backbone's largest stride (32)"
+            )
         return {"maps": maps, "F": feats, "Z": parts, "assign": assign}
 
     def tokens(self, lv: int, lvl: dict[str, Any]) -> tuple[torch.Tensor, list[tuple[str, int]], Any]:
@@ -354,9 +397,15 @@ class MgMRN(nn.Module):
             return self.cfg.tau * _l2n(attr_pred.float()) @ _l2n(class_attributes.float()).t()
 
     # ---- forward
-    def forward(self, images: torch.Tensor, class_attributes: torch.Tensor, targets: torch.Tensor | None = None,
-                levels: Sequence[int] | None = None, return_attention: bool = False,
-                return_intermediates: bool = False) -> dict[str, Any]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        class_attributes: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        levels: Sequence[int] | None = None,
+        return_attention: bool = False,
+        return_intermediates: bool = False,
+    ) -> dict[str, Any]:
         """Scores of ``images`` against the rows of ``class_attributes`` (C x A).
 
         Returns ``scores`` (B x C, sum of w_l s_l over the computed levels), ``level_scores`` and ``attr_preds``
@@ -370,8 +419,10 @@ class MgMRN(nn.Module):
         pos = self._positions(levels)
         want = [self.levels[p] for p in pos]
         if class_attributes.shape[-1] != self.attribute_embeddings.shape[0]:
-            raise ValueError(f"class_attributes have {class_attributes.shape[-1]} attributes, the model "
-                             f"{self.attribute_embeddings.shape[0]}")
+            raise ValueError(
+                f"class_attributes have {class_attributes.shape[-1]} attributes, the model "
+                f"{self.attribute_embeddings.shape[0]}"
+            )
         lvl = self.compute_levels(images, want)
         emb = self.attribute_embeddings
         out: dict[str, Any] = {"levels": want, "level_scores": [], "attr_preds": []}
@@ -393,22 +444,38 @@ class MgMRN(nn.Module):
                     inter_r[lv] = r
         out["scores"] = total
         if targets is not None:
-            out["loss"], out["logs"] = self.loss(out["level_scores"], out["attr_preds"], want, class_attributes, targets)
+            out["loss"], out["logs"] = self.loss(
+                out["level_scores"], out["attr_preds"], want, class_attributes, targets
+            )
         if return_attention:
             f = next(iter(lvl["F"].values()))
             out.update(attention=attention, token_layout=layouts, grid=(int(f.shape[-2]), int(f.shape[-1])))
         if return_intermediates:
-            out["intermediates"] = {"C": lvl["maps"], "F": lvl["F"], "Z": lvl["Z"], "assign": lvl["assign"],
-                                    "R": inter_r, "T": inter_t}
+            out["intermediates"] = {
+                "C": lvl["maps"],
+                "F": lvl["F"],
+                "Z": lvl["Z"],
+                "assign": lvl["assign"],
+                "R": inter_r,
+                "T": inter_t,
+            }
         return out
 
-    def loss(self, level_scores: list[torch.Tensor], attr_preds: list[torch.Tensor], want: list[int],
-             class_attributes: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self,
+        level_scores: list[torch.Tensor],
+        attr_preds: list[torch.Tensor],
+        want: list[int],
+        class_attributes: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Sum over levels of CE(s_l, y) + lam * mean_{batch, attr}(a_hat/|a_hat| - a_y/|a_y|)^2 (spec §2.7)."""
         targets = targets.long()
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= class_attributes.shape[0]):
-            raise ValueError(f"targets must index the {class_attributes.shape[0]} rows of class_attributes "
-                             f"(got values in [{int(targets.min())}, {int(targets.max())}])")
+            raise ValueError(
+                f"targets must index the {class_attributes.shape[0]} rows of class_attributes "
+                f"(got values in [{int(targets.min())}, {int(targets.max())}])"
+            )
         with _no_autocast(class_attributes):
             goal = _l2n(class_attributes.float()[targets])
             total = None

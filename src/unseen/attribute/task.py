@@ -74,7 +74,9 @@ class ShapesConfig:
 
     name: str = "shapes"
     root: str = ""  # where to render (default: $UNSEEN_CACHE or ~/.cache/unseen, /shapes-attribute-<hash>)
-    world: dict = field(default_factory=dict)  # AttributeWorldConfig overrides (seed, n_classes, image_size, ...)
+    world: dict = field(
+        default_factory=dict
+    )  # AttributeWorldConfig overrides (seed, n_classes, image_size, ...)
     semantics: str = "original_att"
     negative_att: str = "keep"
     val_holdout: float = 0.2
@@ -95,11 +97,19 @@ class Prepared:
 def prepare_xlsa17(cfg: XLSA17Config, model_cfg: Any = None) -> Prepared:
     """xlsa17 proposed splits (CUB, SUN, AWA2, AWA1, APY) from a user's copy: att_splits.mat + images."""
     if not cfg.root:
-        raise ValueError("data.root: the folder holding att_splits.mat is required (data.root=/path/to/xlsa17/CUB)")
+        raise ValueError(
+            "data.root: the folder holding att_splits.mat is required (data.root=/path/to/xlsa17/CUB)"
+        )
     data = load_xlsa17(
-        cfg.root, cfg.dataset or None, semantics=cfg.semantics, negative_att=cfg.negative_att,
-        image_root=cfg.image_root or None, image_list=cfg.image_list or None, w2v=cfg.w2v or None,
-        class_lists_dir=cfg.class_lists_dir or None, check_images=cfg.check_images,
+        cfg.root,
+        cfg.dataset or None,
+        semantics=cfg.semantics,
+        negative_att=cfg.negative_att,
+        image_root=cfg.image_root or None,
+        image_list=cfg.image_list or None,
+        w2v=cfg.w2v or None,
+        class_lists_dir=cfg.class_lists_dir or None,
+        check_images=cfg.check_images,
     )
     return Prepared(data, cfg.image_size, cfg.val_holdout)
 
@@ -117,12 +127,28 @@ def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
     export_attribute_world(root, world_cfg)
     data = load_xlsa17(root, "SHAPES", semantics=cfg.semantics, negative_att=cfg.negative_att, check_images=0)
     weights = ""
-    if cfg.pretrain_backbone and model_cfg is not None and getattr(model_cfg, "backbone", "") == "tiny" \
-            and not getattr(model_cfg, "backbone_weights", None):
-        single_process_cache(_pretrained_path(root, list(model_cfg.tiny_widths), world_cfg.image_size,
-                                               cfg.pretrain_epochs, world_cfg.seed), root, "pretrain the CPU backbone")
-        weights = str(pretrain_tiny_backbone(root, list(model_cfg.tiny_widths), world_cfg.image_size,
-                                             cfg.pretrain_epochs, seed=world_cfg.seed))
+    if (
+        cfg.pretrain_backbone
+        and model_cfg is not None
+        and getattr(model_cfg, "backbone", "") == "tiny"
+        and not getattr(model_cfg, "backbone_weights", None)
+    ):
+        single_process_cache(
+            _pretrained_path(
+                root, list(model_cfg.tiny_widths), world_cfg.image_size, cfg.pretrain_epochs, world_cfg.seed
+            ),
+            root,
+            "pretrain the CPU backbone",
+        )
+        weights = str(
+            pretrain_tiny_backbone(
+                root,
+                list(model_cfg.tiny_widths),
+                world_cfg.image_size,
+                cfg.pretrain_epochs,
+                seed=world_cfg.seed,
+            )
+        )
     return Prepared(data, world_cfg.image_size, cfg.val_holdout, weights, to_dict(world_cfg))
 
 
@@ -145,7 +171,9 @@ def _pretrained_path(root: Path, widths: list[int], image_size: int, epochs: int
     return root / "pretrain" / f"tiny-{short_hash(json.dumps(spec, sort_keys=True))}.safetensors"
 
 
-def pretrain_tiny_backbone(root: Path, widths: list[int], image_size: int, epochs: int, seed: int = 0) -> Path:
+def pretrain_tiny_backbone(
+    root: Path, widths: list[int], image_size: int, epochs: int, seed: int = 0
+) -> Path:
     """Train the CPU backbone on the world's pretraining species (disjoint from every benchmark class).
 
     The stand-in for ImageNet pretraining; cached as ``root/pretrain/tiny-<hash>.safetensors``.
@@ -162,10 +190,17 @@ def pretrain_tiny_backbone(root: Path, widths: list[int], image_size: int, epoch
     ds = ImageListDataset(paths, labels, make_transforms(image_size, train=True))
     torch.manual_seed(seed)
     model = _Classifier(build_backbone("tiny", tiny_widths=widths), int(labels.max()) + 1)
-    tcfg = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=1e-4, device="cpu")
+    tcfg = TrainConfig(
+        epochs=epochs, batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=1e-4, device="cpu"
+    )
     work = out.with_suffix("")
     engine = Engine(tcfg, work, seed=seed)
-    log.info("pretraining the CPU backbone on %d images of %d species (cached in %s)", len(ds), labels.max() + 1, out)
+    log.info(
+        "pretraining the CPU backbone on %d images of %d species (cached in %s)",
+        len(ds),
+        labels.max() + 1,
+        out,
+    )
     engine.fit(model, ds, lambda m, b, s: (nn.functional.cross_entropy(m(b[0]), b[1]), {}))
     save_safetensors(out, model.backbone.state_dict(), metadata={"spec": json.dumps(spec)})
     return out
@@ -179,8 +214,14 @@ def _index_map(classes: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compute_scores(model: nn.Module, dataset: Dataset, class_attributes: torch.Tensor, device: torch.device,
-                   batch_size: int = 64, desc: str = "scoring") -> np.ndarray:
+def compute_scores(
+    model: nn.Module,
+    dataset: Dataset,
+    class_attributes: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 64,
+    desc: str = "scoring",
+) -> np.ndarray:
     """N x C scores (all classes, global order) for the images of ``dataset``."""
     model.eval()
     attrs = class_attributes.to(device)
@@ -190,8 +231,14 @@ def compute_scores(model: nn.Module, dataset: Dataset, class_attributes: torch.T
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def chance_levels(labels: np.ndarray, seen: np.ndarray, unseen: np.ndarray, czsl_labels: np.ndarray,
-                  n_draws: int = 20, seed: int = 0) -> dict[str, float]:
+def chance_levels(
+    labels: np.ndarray,
+    seen: np.ndarray,
+    unseen: np.ndarray,
+    czsl_labels: np.ndarray,
+    n_draws: int = 20,
+    seed: int = 0,
+) -> dict[str, float]:
     """Metrics of i.i.d. random scores (mean over draws): the floor every table is read against."""
     from unseen.attribute.metrics import czsl_accuracy
 
@@ -209,7 +256,13 @@ def chance_levels(labels: np.ndarray, seen: np.ndarray, unseen: np.ndarray, czsl
 
 def data_fingerprint(data: XLSA17Data) -> str:
     parts = [data.dataset, str(data.n_images), json.dumps(data.class_names)]
-    for a in (data.trainval_loc, data.test_seen_loc, data.test_unseen_loc, data.labels, data.class_attributes):
+    for a in (
+        data.trainval_loc,
+        data.test_seen_loc,
+        data.test_unseen_loc,
+        data.labels,
+        data.class_attributes,
+    ):
         parts.append(short_hash(np.ascontiguousarray(a).tobytes()))
     return short_hash("|".join(parts))
 
@@ -228,8 +281,12 @@ class AttributeRun:
         d = self.data
         self.class_attributes = torch.as_tensor(d.class_attributes, dtype=torch.float32)
         if d.attribute_embeddings is None and cfg.model.name != "eszsl":
-            raise ValueError(f"{d.root}: {cfg.model.name} needs attribute word vectors (data.w2v=... .npy/.pkl)")
-        self.embeddings = None if d.attribute_embeddings is None else torch.as_tensor(d.attribute_embeddings).float()
+            raise ValueError(
+                f"{d.root}: {cfg.model.name} needs attribute word vectors (data.w2v=... .npy/.pkl)"
+            )
+        self.embeddings = (
+            None if d.attribute_embeddings is None else torch.as_tensor(d.attribute_embeddings).float()
+        )
         self._maps: tuple[np.ndarray, dict] | None = None
         m = cfg.model
         if getattr(m, "backbone", None) == "tiny" and not m.backbone_weights and self.prep.backbone_weights:
@@ -268,14 +325,24 @@ class AttributeRun:
         tf = make_transforms(self.prep.image_size, train=False)
         kind = "pooled_c5" if pooled else "maps"
         name = f"{self.cfg.model.backbone}-{d.dataset}-{self.prep.image_size}-{kind}"
-        cache_dir = Path(self.cfg.features.cache_dir) if self.cfg.features.cache_dir else cache_root() / "features"
+        cache_dir = (
+            Path(self.cfg.features.cache_dir) if self.cfg.features.cache_dir else cache_root() / "features"
+        )
         cache = FeatureCache(cache_dir / name)
-        expected = provenance(self.cfg.model.backbone, backbone, tf, d.image_files or [], image_size=self.prep.image_size,
-                              output=kind)
+        expected = provenance(
+            self.cfg.model.backbone,
+            backbone,
+            tf,
+            d.image_files or [],
+            image_size=self.prep.image_size,
+            output=kind,
+        )
         backbone = backbone.to(self.device).eval()
         fn = (lambda x: backbone(x)[-1].mean((2, 3))) if pooled else backbone
         ds = ImageListDataset(d.image_files, d.labels, tf)
-        return cache.load_or_build(expected, lambda: extract(fn, ds, 64, self.device, f"caching backbone {kind}"))
+        return cache.load_or_build(
+            expected, lambda: extract(fn, ds, 64, self.device, f"caching backbone {kind}")
+        )
 
     def dataset(self, idx: np.ndarray, train: bool) -> Dataset:
         if self.cfg.features.cache:
@@ -299,7 +366,9 @@ class AttributeRun:
         labels = self.data.labels[idx]
 
         def evaluate(model: nn.Module, epoch: int) -> dict[str, Any]:
-            scores = compute_scores(model, ds, self.class_attributes, self.device, self.cfg.eval.batch_size, "validating")
+            scores = compute_scores(
+                model, ds, self.class_attributes, self.device, self.cfg.eval.batch_size, "validating"
+            )
             g, res = self._gamma_on(scores, labels, seen, unseen)
             return {"H": res.H, "S": res.S, "U": res.U, "gamma": g}
 
@@ -312,17 +381,32 @@ class AttributeRun:
         g = 0.0 if mode == "none" else float(mode.split(":", 1)[1])
         return g, gzsl_accuracy(scores, labels, seen, unseen, g)
 
-    def train_phase(self, phase: str, train_idx: np.ndarray, seen: np.ndarray, epochs: int,
-                    eval_idx: np.ndarray | None = None, unseen: np.ndarray | None = None) -> tuple[nn.Module, FitResult]:
+    def train_phase(
+        self,
+        phase: str,
+        train_idx: np.ndarray,
+        seen: np.ndarray,
+        epochs: int,
+        eval_idx: np.ndarray | None = None,
+        unseen: np.ndarray | None = None,
+    ) -> tuple[nn.Module, FitResult]:
         model = self.build_model()
         phase_dir = self.run_dir / phase
         engine = Engine(self.cfg.train, phase_dir, seed=self.cfg.seed)
         resume = self.resume and (phase_dir / "last.state.pt").is_file()
         evaluate = self._eval_fn(eval_idx, seen, unseen) if eval_idx is not None else None
         meta = {"config": json.dumps(to_dict(self.cfg)), "phase": phase}
-        result = engine.fit(model, self.dataset(train_idx, train=not self.cfg.features.cache),
-                            self._loss_fn(seen), evaluate, select="H", labels=self.data.labels[train_idx],
-                            epochs=epochs, resume=resume, meta=meta)
+        result = engine.fit(
+            model,
+            self.dataset(train_idx, train=not self.cfg.features.cache),
+            self._loss_fn(seen),
+            evaluate,
+            select="H",
+            labels=self.data.labels[train_idx],
+            epochs=epochs,
+            resume=resume,
+            meta=meta,
+        )
         return model, result
 
     # ---- the protocol
@@ -342,22 +426,41 @@ class AttributeRun:
         else:
             if split is not None:
                 val_idx = np.concatenate([split.val_seen, split.val_unseen])
-                _, calib = self.train_phase("calib", split.train, split.seen_classes, cfg.train.epochs,
-                                            val_idx, split.unseen_classes)
+                _, calib = self.train_phase(
+                    "calib", split.train, split.seen_classes, cfg.train.epochs, val_idx, split.unseen_classes
+                )
                 best = next((h for h in calib.history if h["epoch"] == calib.best_epoch), {})
                 epochs_final = calib.best_epoch + 1
-                selection = {"epoch": calib.best_epoch, "val_H": best.get("val/H"), "val_S": best.get("val/S"),
-                             "val_U": best.get("val/U"), "gamma": best.get("val/gamma")}
+                selection = {
+                    "epoch": calib.best_epoch,
+                    "val_H": best.get("val/H"),
+                    "val_S": best.get("val/S"),
+                    "val_U": best.get("val/U"),
+                    "gamma": best.get("val/gamma"),
+                }
             else:
                 epochs_final = cfg.train.epochs
             model, _ = self.train_phase("final", d.trainval_loc, d.seen_classes, epochs_final)
-            test_scores = compute_scores(model, self.dataset(test_idx, train=False), self.class_attributes,
-                                         self.device, cfg.eval.batch_size, "testing")
+            test_scores = compute_scores(
+                model,
+                self.dataset(test_idx, train=False),
+                self.class_attributes,
+                self.device,
+                cfg.eval.batch_size,
+                "testing",
+            )
             if self.rank == 0:
                 self.plot_attention(model)
         gamma = self._final_gamma(selection)
-        metrics = evaluate_attribute(test_scores, test_labels, d.seen_classes, d.unseen_classes, gamma,
-                                     oracle=cfg.eval.oracle, ausuc_mode=cfg.eval.ausuc)
+        metrics = evaluate_attribute(
+            test_scores,
+            test_labels,
+            d.seen_classes,
+            d.unseen_classes,
+            gamma,
+            oracle=cfg.eval.oracle,
+            ausuc_mode=cfg.eval.ausuc,
+        )
         headline = {k: v for k, v in metrics.items() if not k.startswith("oracle")}
         oracle = {k: v for k, v in metrics.items() if k.startswith("oracle")}
         results = {
@@ -370,10 +473,13 @@ class AttributeRun:
                 **selection,
                 "gamma_used": gamma,
             },
-            "oracle_test_selected": {"note": "gamma swept on the TEST set: comparison with papers only, not a result",
-                                     **oracle},
-            "chance": chance_levels(test_labels, d.seen_classes, d.unseen_classes, d.labels[d.test_unseen_loc],
-                                    seed=cfg.seed),
+            "oracle_test_selected": {
+                "note": "gamma swept on the TEST set: comparison with papers only, not a result",
+                **oracle,
+            },
+            "chance": chance_levels(
+                test_labels, d.seen_classes, d.unseen_classes, d.labels[d.test_unseen_loc], seed=cfg.seed
+            ),
             "seed": cfg.seed,
             "config_hash": config_hash(cfg),
             "data_fingerprint": data_fingerprint(d),
@@ -391,7 +497,9 @@ class AttributeRun:
         mode = self.cfg.eval.gamma
         if mode == "val":
             if selection.get("gamma") is None:
-                raise ValueError("eval.gamma=val needs the validation (calibration) phase: set eval.calibrate=true")
+                raise ValueError(
+                    "eval.gamma=val needs the validation (calibration) phase: set eval.calibrate=true"
+                )
             return float(selection["gamma"])
         return 0.0 if mode == "none" else float(mode.split(":", 1)[1])
 
@@ -399,12 +507,16 @@ class AttributeRun:
         e = self.cfg.eval
         parts = []
         if e.calibrate:
-            parts.append(f"epoch chosen by GZSL H on validation (class split train_loc/val_loc; val-seen = "
-                         f"{self.prep.val_holdout:.0%} per-class hold-out of train_loc), final model retrained on trainval "
-                         "for that many epochs")
+            parts.append(
+                f"epoch chosen by GZSL H on validation (class split train_loc/val_loc; val-seen = "
+                f"{self.prep.val_holdout:.0%} per-class hold-out of train_loc), final model retrained on trainval "
+                "for that many epochs"
+            )
         else:
             parts.append(f"last epoch ({self.cfg.train.epochs})")
-        parts.append({"val": "gamma = exact best on validation", "none": "gamma = 0"}.get(e.gamma, f"gamma {e.gamma}"))
+        parts.append(
+            {"val": "gamma = exact best on validation", "none": "gamma = 0"}.get(e.gamma, f"gamma {e.gamma}")
+        )
         return "; ".join(parts)
 
     def _run_eszsl(self, split: Any, test_idx: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -419,25 +531,33 @@ class AttributeRun:
             val_idx = np.concatenate([split.val_seen, split.val_unseen])
             lut = _index_map(split.seen_classes, d.n_classes).numpy()
             for a, b in ESZSL.grid(cfg.model):
-                model = ESZSL(cfg.model, alpha=a, beta=b).fit(feats[split.train], lut[d.labels[split.train]],
-                                                              A[split.seen_classes])
+                model = ESZSL(cfg.model, alpha=a, beta=b).fit(
+                    feats[split.train], lut[d.labels[split.train]], A[split.seen_classes]
+                )
                 scores = model.scores(feats[val_idx], A)
                 g, res = self._gamma_on(scores, d.labels[val_idx], split.seen_classes, split.unseen_classes)
                 if res.H > best[0]:
-                    best = (res.H, {"alpha": a, "beta": b, "gamma": g, "val_H": res.H, "val_S": res.S, "val_U": res.U})
+                    best = (
+                        res.H,
+                        {"alpha": a, "beta": b, "gamma": g, "val_H": res.H, "val_S": res.S, "val_U": res.U},
+                    )
         sel = best[1] or {"alpha": cfg.model.alpha, "beta": cfg.model.beta}
         lut = _index_map(d.seen_classes, d.n_classes).numpy()
         model = ESZSL(cfg.model, alpha=sel["alpha"], beta=sel["beta"]).fit(
-            feats[d.trainval_loc], lut[d.labels[d.trainval_loc]], A[d.seen_classes])
+            feats[d.trainval_loc], lut[d.labels[d.trainval_loc]], A[d.seen_classes]
+        )
         return model.scores(feats[test_idx], A), sel
 
     def pooled_features(self) -> np.ndarray:
         d = self.data
         if d.features is not None and self.cfg.model.backbone == "res101.mat":
             return d.features
-        backbone = build_backbone(self.cfg.model.backbone, weights=self.cfg.model.backbone_weights or None,
-                                  pretrained=getattr(self.cfg.model, "pretrained", False),
-                                  tiny_widths=getattr(self.cfg.model, "tiny_widths", None))
+        backbone = build_backbone(
+            self.cfg.model.backbone,
+            weights=self.cfg.model.backbone_weights or None,
+            pretrained=getattr(self.cfg.model, "pretrained", False),
+            tiny_widths=getattr(self.cfg.model, "tiny_widths", None),
+        )
         pooled, _ = self.cached_features(backbone, pooled=True)
         return pooled.astype(np.float64)
 
@@ -445,14 +565,22 @@ class AttributeRun:
     def save_semantics(self) -> None:
         """Class names/attributes and word vectors: what ``unseen predict`` needs besides the weights."""
         d = self.data
-        tensors = {"class_attributes": self.class_attributes,
-                   "seen_classes": torch.as_tensor(d.seen_classes), "unseen_classes": torch.as_tensor(d.unseen_classes)}
+        tensors = {
+            "class_attributes": self.class_attributes,
+            "seen_classes": torch.as_tensor(d.seen_classes),
+            "unseen_classes": torch.as_tensor(d.unseen_classes),
+        }
         if self.embeddings is not None:
             tensors["attribute_embeddings"] = self.embeddings
         save_safetensors(self.run_dir / "semantics.safetensors", tensors)
-        atomic_write_json(self.run_dir / "classes.json", {"class_names": d.class_names,
-                                                          "attribute_names": d.attribute_names,
-                                                          "image_size": self.prep.image_size})
+        atomic_write_json(
+            self.run_dir / "classes.json",
+            {
+                "class_names": d.class_names,
+                "attribute_names": d.attribute_names,
+                "image_size": self.prep.image_size,
+            },
+        )
 
     def plots(self, scores: np.ndarray, labels: np.ndarray, gamma: float, results: dict) -> None:
         from unseen import report
@@ -462,11 +590,15 @@ class AttributeRun:
         try:
             sweep = gamma_sweep(scores, labels, d.seen_classes, d.unseen_classes)
             grid = oracle_grid_sweep(scores, labels, d.seen_classes, d.unseen_classes)
-            report.plot_gamma_curve(sweep, gamma, grid.best, plots / "gzsl_gamma_curve.png",
-                                    title=f"{results['method']} on {d.dataset}: test S/U over gamma")
+            report.plot_gamma_curve(
+                sweep,
+                gamma,
+                grid.best,
+                plots / "gzsl_gamma_curve.png",
+                title=f"{results['method']} on {d.dataset}: test S/U over gamma",
+            )
         except Exception as exc:  # a plot must never lose a finished run
             log.warning("could not write the gamma plot: %s", exc)
-
 
     @torch.no_grad()
     def plot_attention(self, model: nn.Module, n_attributes: int = 4) -> None:
@@ -480,20 +612,29 @@ class AttributeRun:
             return
         try:
             i = int(d.test_unseen_loc[0])
-            x = make_transforms(self.prep.image_size, train=False)(Image.open(d.image_files[i]).convert("RGB"))
+            x = make_transforms(self.prep.image_size, train=False)(
+                Image.open(d.image_files[i]).convert("RGB")
+            )
             model.eval()
             out = model(x[None].to(self.device), self.class_attributes.to(self.device), return_attention=True)
             h, w = out["grid"]
             c = int(d.labels[i])
             top = np.argsort(-d.class_attributes[c])[:n_attributes]
             names = [(d.attribute_names or [f"attribute {a}" for a in range(d.n_attributes)])[a] for a in top]
-            maps = [a[0, top, : h * w].reshape(len(top), h, w).float().cpu().numpy() for a in out["attention"]]
+            maps = [
+                a[0, top, : h * w].reshape(len(top), h, w).float().cpu().numpy() for a in out["attention"]
+            ]
             mean = np.array(IMAGENET_MEAN)[:, None, None]
             std = np.array(IMAGENET_STD)[:, None, None]
             img = np.clip(x.numpy() * std + mean, 0, 1).transpose(1, 2, 0)
-            report.plot_attention_maps(img, maps, [f"level {lv}" for lv in out["levels"]], names,
-                                       self.run_dir / "plots" / "attention_maps.png",
-                                       title=f"{self.cfg.model.name}: '{d.class_names[c]}' (unseen class)")
+            report.plot_attention_maps(
+                img,
+                maps,
+                [f"level {lv}" for lv in out["levels"]],
+                names,
+                self.run_dir / "plots" / "attention_maps.png",
+                title=f"{self.cfg.model.name}: '{d.class_names[c]}' (unseen class)",
+            )
         except Exception as exc:  # a plot must never lose a finished run
             log.warning("could not write the attention plot: %s", exc)
 
@@ -506,7 +647,9 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 
 def load_semantics(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     run_dir = Path(run_dir)
-    return load_safetensors(run_dir / "semantics.safetensors"), json.loads((run_dir / "classes.json").read_text())
+    return load_safetensors(run_dir / "semantics.safetensors"), json.loads(
+        (run_dir / "classes.json").read_text()
+    )
 
 
 def load_trained_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig, dict[str, torch.Tensor], dict]:
@@ -551,8 +694,15 @@ def evaluate_saved(run_dir: Path) -> dict[str, Any]:
         model.to(run.device)
         scores = compute_scores(model, run.dataset(test_idx, train=False), run.class_attributes, run.device)
     gamma = results["selection"]["gamma_used"]
-    return evaluate_attribute(scores, d.labels[test_idx], d.seen_classes, d.unseen_classes, gamma,
-                              oracle=cfg.eval.oracle, ausuc_mode=cfg.eval.ausuc)
+    return evaluate_attribute(
+        scores,
+        d.labels[test_idx],
+        d.seen_classes,
+        d.unseen_classes,
+        gamma,
+        oracle=cfg.eval.oracle,
+        ausuc_mode=cfg.eval.ausuc,
+    )
 
 
 def predict_images(run_dir: Path, images: list[str], classes: str, topk: int) -> list[dict]:
@@ -572,23 +722,47 @@ def predict_images(run_dir: Path, images: list[str], classes: str, topk: int) ->
         with torch.no_grad():
             s = model(x, attrs)["scores"][0]
         vals, idx = s.topk(min(topk, len(keep)))
-        out.append({"image": path, "top": [
-            {"class": names[int(keep[i])], "score": float(v), "seen": int(keep[i]) in seen}
-            for v, i in zip(vals.tolist(), idx.tolist())]})
+        out.append(
+            {
+                "image": path,
+                "top": [
+                    {"class": names[int(keep[i])], "score": float(v), "seen": int(keep[i]) in seen}
+                    for v, i in zip(vals.tolist(), idx.tolist())
+                ],
+            }
+        )
     return out
 
 
 DEMO_METHODS = ["demo_mgmrn", "demo_attn1", "demo_eszsl"]
 DEMO_TITLE = "embedded attribute benchmark: accuracies in %, gamma and epoch chosen on validation"
-DEMO_COLUMNS = [("method", "method"), ("czsl", "CZSL T1"), ("U", "U"), ("S", "S"), ("H", "H"),
-                ("oracle_H", "H oracle*"), ("time", "time")]
-DEMO_FOOTER = "* oracle = gamma swept on the test set (the field's usual, optimistic number): for comparison only."
+DEMO_COLUMNS = [
+    ("method", "method"),
+    ("czsl", "CZSL T1"),
+    ("U", "U"),
+    ("S", "S"),
+    ("H", "H"),
+    ("oracle_H", "H oracle*"),
+    ("time", "time"),
+]
+DEMO_FOOTER = (
+    "* oracle = gamma swept on the test set (the field's usual, optimistic number): for comparison only."
+)
 
 
 def demo_rows(res: dict[str, Any], elapsed: str) -> list[dict[str, Any]]:
     m = res["metrics"]
-    return [{"method": res["method"], "czsl": m["czsl_top1"], "U": m["U"], "S": m["S"], "H": m["H"],
-             "oracle_H": res.get("oracle_test_selected", {}).get("oracle_H"), "time": elapsed}]
+    return [
+        {
+            "method": res["method"],
+            "czsl": m["czsl_top1"],
+            "U": m["U"],
+            "S": m["S"],
+            "H": m["H"],
+            "oracle_H": res.get("oracle_test_selected", {}).get("oracle_H"),
+            "time": elapsed,
+        }
+    ]
 
 
 __all__ = ["AttributeRun", "XLSA17Config", "ShapesConfig", "compute_scores", "load_trained_model"]

@@ -49,25 +49,34 @@ class ClipModelConfig:
     ``clip_weights`` with :func:`unseen.compositional.clip.create_clip`."""
 
     name: str = ""
-    clip_arch: str = "ViT-L-14-quickgelu"  # any open_clip architecture; unseen-tiny-clip / unseen-test-clip packaged
+    clip_arch: str = (
+        "ViT-L-14-quickgelu"  # any open_clip architecture; unseen-tiny-clip / unseen-test-clip packaged
+    )
     clip_weights: str | None = None  # local weights file; None = random init; "openai" = open_clip's (online)
-    text_chunk: int = 1024  # prompts per text-tower call (memory bound on C-GQA: 5,592 train / 278k OW prompts)
+    text_chunk: int = (
+        1024  # prompts per text-tower call (memory bound on C-GQA: 5,592 train / 278k OW prompts)
+    )
 
     def _check_scale(self, key: str) -> None:
         if getattr(self, key) < 0:
-            raise ConfigError(f"model '{self.name}'.{key}: expected a positive number (or 0 = the CLIP's own "
-                              f"exp(logit_scale)), got {getattr(self, key)}")
+            raise ConfigError(
+                f"model '{self.name}'.{key}: expected a positive number (or 0 = the CLIP's own "
+                f"exp(logit_scale)), got {getattr(self, key)}"
+            )
 
     def _check_positive(self, *keys: str) -> None:
         for key in keys:
             if getattr(self, key) <= 0:
-                raise ConfigError(f"model '{self.name}'.{key}: expected a positive number, got {getattr(self, key)}")
+                raise ConfigError(
+                    f"model '{self.name}'.{key}: expected a positive number, got {getattr(self, key)}"
+                )
 
     def _check_unit(self, *keys: str) -> None:
         for key in keys:
             if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"model '{self.name}'.{key}: expected a probability in [0, 1), "
-                                  f"got {getattr(self, key)}")
+                raise ConfigError(
+                    f"model '{self.name}'.{key}: expected a probability in [0, 1), got {getattr(self, key)}"
+                )
 
 
 @dataclass
@@ -83,11 +92,15 @@ class ZeroShotCLIPConfig(ClipModelConfig):
         self._check_positive("text_chunk")
         self._check_scale("logit_scale")
         if "{attr}" not in self.template or "{obj}" not in self.template:
-            raise ConfigError(f"model '{self.name}'.template: expected a string with {{attr}} and {{obj}}, "
-                              f"got {self.template!r}")
+            raise ConfigError(
+                f"model '{self.name}'.template: expected a string with {{attr}} and {{obj}}, "
+                f"got {self.template!r}"
+            )
         if self.context_length < 0:
-            raise ConfigError(f"model '{self.name}'.context_length: expected >= 0 (0 = the model's), "
-                              f"got {self.context_length}")
+            raise ConfigError(
+                f"model '{self.name}'.context_length: expected >= 0 (0 = the model's), "
+                f"got {self.context_length}"
+            )
 
 
 @dataclass
@@ -122,26 +135,38 @@ def _cos_logits(image: Tensor, text: Tensor, scale: float | Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------- zero-shot CLIP
-@register_model("zeroshot_clip", setting="compositional", config=ZeroShotCLIPConfig,
-                description="zero-shot CLIP: 'a photo of {attr} {obj}', 100 * cos (no training)")
+@register_model(
+    "zeroshot_clip",
+    setting="compositional",
+    config=ZeroShotCLIPConfig,
+    description="zero-shot CLIP: 'a photo of {attr} {obj}', 100 * cos (no training)",
+)
 class ZeroShotCLIP(FrozenClipCZSL):
     """Zero-shot CLIP: logits = 100 * cos(image embedding, text embedding of the prompt). No trainable tensor."""
 
     trainable = False  # nothing to train: evaluate directly
 
-    def __init__(self, cfg: ZeroShotCLIPConfig, clip_model: nn.Module, attr_names: Sequence[str],
-                 obj_names: Sequence[str]):
+    def __init__(
+        self,
+        cfg: ZeroShotCLIPConfig,
+        clip_model: nn.Module,
+        attr_names: Sequence[str],
+        obj_names: Sequence[str],
+    ):
         super().__init__(clip_model, attr_names, obj_names)
         self.cfg = cfg
         self.logit_scale = clip_logit_scale(clip_model, cfg.logit_scale)
 
     def prompts(self, pairs: Tensor) -> list[str]:
         """The prompt strings of ``pairs`` (K, 2)."""
-        return [self.cfg.template.format(attr=prompt_name(self.attr_names[a]), obj=prompt_name(self.obj_names[o]))
-                for a, o in pairs.tolist()]
+        return [
+            self.cfg.template.format(attr=prompt_name(self.attr_names[a]), obj=prompt_name(self.obj_names[o]))
+            for a, o in pairs.tolist()
+        ]
 
-    def encode_pairs(self, pairs: Tensor, chunk_size: int | None = None,
-                     primitives: TextCache | None = None) -> TextCache:
+    def encode_pairs(
+        self, pairs: Tensor, chunk_size: int | None = None, primitives: TextCache | None = None
+    ) -> TextCache:
         pairs = self.check_pairs(pairs)
         length = _context_length(self.clip, self.cfg.context_length)
         device = self.clip.positional_embedding.device
@@ -161,22 +186,29 @@ class ZeroShotCLIP(FrozenClipCZSL):
         logits = _cos_logits(self._features(images).image, cache.comp, self.logit_scale)
         return {"scores": logits, "logits_comp": logits}
 
-    def loss(self, out: dict[str, Tensor], attr: Tensor, obj: Tensor,
-             pair_target: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, out: dict[str, Tensor], attr: Tensor, obj: Tensor, pair_target: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy of the composition logits (for monitoring: nothing is trainable)."""
         ce = F.cross_entropy(out["logits_comp"], pair_target)
         return ce, {"ce_comp": float(ce.detach())}
 
 
 # --------------------------------------------------------------------------------------------- CSP
-@register_model("csp", setting="compositional", config=CSPConfig,
-                description="CSP: compositional soft prompting (soft attribute/object vocabulary on frozen CLIP)")
+@register_model(
+    "csp",
+    setting="compositional",
+    config=CSPConfig,
+    description="CSP: compositional soft prompting (soft attribute/object vocabulary on frozen CLIP)",
+)
 class CSP(FrozenClipCZSL):
     """CSP: frozen CLIP; trainable soft vocabulary ``vocab`` (|A| + |O|, text width), attrs first then objs."""
 
     trainable = True  # has tensors to train (the task code may skip training when False)
 
-    def __init__(self, cfg: CSPConfig, clip_model: nn.Module, attr_names: Sequence[str], obj_names: Sequence[str]):
+    def __init__(
+        self, cfg: CSPConfig, clip_model: nn.Module, attr_names: Sequence[str], obj_names: Sequence[str]
+    ):
         super().__init__(clip_model, attr_names, obj_names)
         self.cfg = cfg
         self.logit_scale = clip_logit_scale(clip_model, cfg.logit_scale)
@@ -191,8 +223,9 @@ class CSP(FrozenClipCZSL):
         wanted = self.cfg.context_length_train if self.training else self.cfg.context_length_eval
         return _context_length(self.clip, wanted)
 
-    def encode_pairs(self, pairs: Tensor, chunk_size: int | None = None,
-                     primitives: TextCache | None = None) -> TextCache:
+    def encode_pairs(
+        self, pairs: Tensor, chunk_size: int | None = None, primitives: TextCache | None = None
+    ) -> TextCache:
         pairs = self.check_pairs(pairs).to(self.vocab.device)
         row = template_ids(self.prefix_ids, 2, self.context_length()).to(self.vocab.device)
         slot = 1 + len(self.prefix_ids)
@@ -203,8 +236,12 @@ class CSP(FrozenClipCZSL):
             soft = torch.stack([vocab[p[:, 0]], vocab[self.n_attrs + p[:, 1]]], dim=1)  # (k, 2, W)
             return encode_text(self.clip, row.expand(len(p), -1), [(slot, soft)])
 
-        comp = encode_in_chunks(chunk, len(pairs), chunk_size or self.cfg.text_chunk,
-                                use_checkpoint=self.cfg.text_checkpoint and self.training)
+        comp = encode_in_chunks(
+            chunk,
+            len(pairs),
+            chunk_size or self.cfg.text_chunk,
+            use_checkpoint=self.cfg.text_checkpoint and self.training,
+        )
         return TextCache(pairs=pairs, comp=comp)
 
     def encode_images(self, images: Tensor, return_attention: bool = False) -> ImageFeatures:
@@ -218,8 +255,9 @@ class CSP(FrozenClipCZSL):
         logits = _cos_logits(self._features(images).image, cache.comp, self.logit_scale)
         return {"scores": logits, "logits_comp": logits}
 
-    def loss(self, out: dict[str, Tensor], attr: Tensor, obj: Tensor,
-             pair_target: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, out: dict[str, Tensor], attr: Tensor, obj: Tensor, pair_target: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy over the K pairs of the forward (train pairs at training time)."""
         ce = F.cross_entropy(out["logits_comp"], pair_target)
         return ce, {"ce_comp": float(ce.detach())}

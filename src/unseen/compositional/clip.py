@@ -93,11 +93,18 @@ class ConvStem(nn.Module):
     def __init__(self, width: int, patch: int, widths: Sequence[int]) -> None:
         super().__init__()
         if patch != 2 ** len(widths):
-            raise ValueError(f"conv stem: {len(widths)} stages halve the image {len(widths)} times, the patch is {patch}")
+            raise ValueError(
+                f"conv stem: {len(widths)} stages halve the image {len(widths)} times, the patch is {patch}"
+            )
         layers: list[nn.Module] = []
         c = 3
         for w in widths:
-            layers += [nn.Conv2d(c, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c, w, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c = w
         layers.append(nn.Conv2d(c, width, 1))
         self.stem = nn.Sequential(*layers)
@@ -109,10 +116,14 @@ class ConvStem(nn.Module):
 def _install_stem(model: nn.Module, arch: str) -> None:
     if arch in CONV_STEMS:
         conv1 = model.visual.conv1
-        model.visual.conv1 = ConvStem(conv1.out_channels, conv1.kernel_size[0], CONV_STEMS[arch]).to(conv1.weight.device)
+        model.visual.conv1 = ConvStem(conv1.out_channels, conv1.kernel_size[0], CONV_STEMS[arch]).to(
+            conv1.weight.device
+        )
 
 
-def create_clip(arch: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+def create_clip(
+    arch: str, weights: str | Path | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
     """An open_clip model of architecture ``arch`` with weights from ``weights`` (a local file; ``None`` = random
     init; ``"openai"``/other open_clip tags = the library's source, needs internet). Frozen, in eval mode."""
     import open_clip
@@ -124,10 +135,17 @@ def create_clip(arch: str, weights: str | Path | None = None, device: str | torc
         if not path.is_file():
             raise FileNotFoundError(f"CLIP weights {path}: file not found")
         if re.match(r"^(ViT|RN)", arch) and "quickgelu" not in arch.lower():
-            log.warning("CLIP %s from the local file %s uses GELU; OpenAI weights need QuickGELU: use '%s-quickgelu' "
-                        "(spec §9)", arch, path, arch)
+            log.warning(
+                "CLIP %s from the local file %s uses GELU; OpenAI weights need QuickGELU: use '%s-quickgelu' "
+                "(spec §9)",
+                arch,
+                path,
+                arch,
+            )
     root = logging.getLogger()
-    quiet = _DropNotice("No pretrained weights loaded")  # open_clip's notice: random init is asked for, or the
+    quiet = _DropNotice(
+        "No pretrained weights loaded"
+    )  # open_clip's notice: random init is asked for, or the
     root.addFilter(quiet)  # local weights are loaded just below
     try:
         model = open_clip.create_model(arch, pretrained=None if path else weights, device=device)
@@ -156,21 +174,36 @@ class _DropNotice(logging.Filter):
 def check_clip(clip: nn.Module) -> None:
     """Raise a clear error unless ``clip`` is an open_clip ``CLIP`` with the built-in text tower (argmax pooling)
     and a standard ViT visual tower: the custom forwards below rely on exactly these attributes."""
-    need = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask",
-            "visual")
+    need = (
+        "token_embedding",
+        "positional_embedding",
+        "transformer",
+        "ln_final",
+        "text_projection",
+        "attn_mask",
+        "visual",
+    )
     missing = [a for a in need if not hasattr(clip, a)]
     if missing:
-        raise TypeError(f"CLIP model {type(clip).__name__}: expected an open_clip CLIP with the built-in text tower; "
-                        f"missing attribute(s) {', '.join(missing)}")
+        raise TypeError(
+            f"CLIP model {type(clip).__name__}: expected an open_clip CLIP with the built-in text tower; "
+            f"missing attribute(s) {', '.join(missing)}"
+        )
     pool = getattr(clip, "text_pool_type", "argmax")
     if pool != "argmax":
-        raise TypeError(f"CLIP model: text_pool_type is {pool!r}; the custom text forward pools at the EOT position "
-                        "found by argmax of the token ids (OpenAI BPE), so it needs 'argmax'")
+        raise TypeError(
+            f"CLIP model: text_pool_type is {pool!r}; the custom text forward pools at the EOT position "
+            "found by argmax of the token ids (OpenAI BPE), so it needs 'argmax'"
+        )
     if clip.token_embedding.num_embeddings != BPE_VOCAB_SIZE:
-        raise TypeError(f"CLIP model: token vocabulary of {clip.token_embedding.num_embeddings} rows; expected the "
-                        f"OpenAI BPE vocabulary ({BPE_VOCAB_SIZE})")
+        raise TypeError(
+            f"CLIP model: token vocabulary of {clip.token_embedding.num_embeddings} rows; expected the "
+            f"OpenAI BPE vocabulary ({BPE_VOCAB_SIZE})"
+        )
     if not hasattr(clip.visual, "forward_intermediates") or not hasattr(clip.visual, "ln_post"):
-        raise TypeError("CLIP model: expected an open_clip VisionTransformer visual tower (forward_intermediates)")
+        raise TypeError(
+            "CLIP model: expected an open_clip VisionTransformer visual tower (forward_intermediates)"
+        )
 
 
 def text_width(clip: nn.Module) -> int:
@@ -244,14 +277,18 @@ def bpe_ids(text: str) -> list[int]:
     return list(get_tokenizer().encode(text))
 
 
-def template_ids(prefix_ids: Sequence[int], n_slots: int, context_length: int, slot_id: int | None = None) -> Tensor:
+def template_ids(
+    prefix_ids: Sequence[int], n_slots: int, context_length: int, slot_id: int | None = None
+) -> Tensor:
     """One prompt row (context_length,) = ``SOT prefix x*n_slots EOT`` + zero padding, where ``x`` is the BPE id of
     "x" (CSP's placeholder word). Slots sit at positions ``1 + len(prefix) ...``, immediately before EOT."""
     slot = bpe_ids("x")[0] if slot_id is None else slot_id
     row = [SOT_ID, *prefix_ids, *([slot] * n_slots), EOT_ID]
     if len(row) > context_length:
-        raise ValueError(f"prompt template of {len(row)} tokens (SOT + {len(prefix_ids)} context + {n_slots} slots "
-                         f"+ EOT) does not fit the context length {context_length}")
+        raise ValueError(
+            f"prompt template of {len(row)} tokens (SOT + {len(prefix_ids)} context + {n_slots} slots "
+            f"+ EOT) does not fit the context length {context_length}"
+        )
     ids = torch.zeros(context_length, dtype=torch.long)
     ids[: len(row)] = torch.tensor(row)
     return ids
@@ -277,13 +314,17 @@ def embed_tokens(clip: nn.Module, token_ids: Tensor, substitutions: Sequence[Sub
         if v.dim() == 2:  # (k, W): k tokens shared by every row
             v = v[None].expand(n, -1, -1)
         if v.dim() != 3 or v.shape[0] != n or v.shape[-1] != width:
-            raise ValueError(f"substitution at position {start}: expected (k, {width}) or ({n}, k, {width}) values, "
-                             f"got {tuple(values.shape)}")
+            raise ValueError(
+                f"substitution at position {start}: expected (k, {width}) or ({n}, k, {width}) values, "
+                f"got {tuple(values.shape)}"
+            )
         k = v.shape[1]
         if start < 1 or start + k > length:
-            raise ValueError(f"substitution at positions {start}..{start + k - 1} is outside the prompt body "
-                             f"1..{length - 1} (context length {length})")
-        x[:, start:start + k] = v.to(x.dtype)
+            raise ValueError(
+                f"substitution at positions {start}..{start + k - 1} is outside the prompt body "
+                f"1..{length - 1} (context length {length})"
+            )
+        x[:, start : start + k] = v.to(x.dtype)
     return x
 
 
@@ -295,9 +336,13 @@ def encode_embeddings(clip: nn.Module, token_ids: Tensor, x: Tensor, normalize: 
     (by default) L2 normalisation. Returns (N, D)."""
     n, length = token_ids.shape
     if x.shape[:2] != (n, length):
-        raise ValueError(f"text forward: embeddings {tuple(x.shape)} do not match token ids {tuple(token_ids.shape)}")
+        raise ValueError(
+            f"text forward: embeddings {tuple(x.shape)} do not match token ids {tuple(token_ids.shape)}"
+        )
     if length > max_context_length(clip):
-        raise ValueError(f"text forward: context length {length} exceeds the model's {max_context_length(clip)}")
+        raise ValueError(
+            f"text forward: context length {length} exceeds the model's {max_context_length(clip)}"
+        )
     cast = clip.transformer.get_cast_dtype()
     x = x.to(cast) + clip.positional_embedding[:length].to(cast)
     mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
@@ -310,15 +355,17 @@ def encode_embeddings(clip: nn.Module, token_ids: Tensor, x: Tensor, normalize: 
     return F.normalize(x, dim=-1) if normalize else x
 
 
-def encode_text(clip: nn.Module, token_ids: Tensor, substitutions: Sequence[Substitution] = (),
-                normalize: bool = True) -> Tensor:
+def encode_text(
+    clip: nn.Module, token_ids: Tensor, substitutions: Sequence[Substitution] = (), normalize: bool = True
+) -> Tensor:
     """Text features (N, D) of ``token_ids`` (N, L) with optional embedding ``substitutions`` (see
     :data:`Substitution`); with none it equals ``clip.encode_text`` at the same context length."""
     return encode_embeddings(clip, token_ids, embed_tokens(clip, token_ids, substitutions), normalize)
 
 
-def encode_in_chunks(encode_chunk: Callable[[int, int], Tensor], n: int, chunk_size: int,
-                     use_checkpoint: bool = False) -> Tensor:
+def encode_in_chunks(
+    encode_chunk: Callable[[int, int], Tensor], n: int, chunk_size: int, use_checkpoint: bool = False
+) -> Tensor:
     """Concatenate ``encode_chunk(start, stop)`` over [0, n) in chunks of ``chunk_size`` rows.
 
     With ``use_checkpoint`` (and gradients enabled) each chunk runs under activation checkpointing: only its
@@ -366,8 +413,10 @@ def encode_image_tokens(clip: nn.Module, images: Tensor, n_blocks: int) -> tuple
     out = visual.forward_intermediates(images, indices=n_blocks, output_fmt="NLC", output_extra_tokens=True)
     # open_clip 3.3.0: 'image_intermediates' = patch tokens (B, P, W) per block, 'image_intermediates_prefix' =
     # the class token (B, 1, W) per block, split off by forward_intermediates.
-    tokens = [torch.cat([pre, pat], dim=1)
-              for pre, pat in zip(out["image_intermediates_prefix"], out["image_intermediates"], strict=True)]
+    tokens = [
+        torch.cat([pre, pat], dim=1)
+        for pre, pat in zip(out["image_intermediates_prefix"], out["image_intermediates"], strict=True)
+    ]
     return out["image_features"], tokens
 
 
@@ -444,29 +493,45 @@ class FrozenClipCZSL(nn.Module):
         """Validate ``pairs`` (K, 2) integer (attr_idx, obj_idx) within the vocabularies."""
         if not isinstance(pairs, Tensor) or pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
             shape = tuple(pairs.shape) if isinstance(pairs, Tensor) else type(pairs).__name__
-            raise ValueError(f"pairs: expected a LongTensor (K, 2) of (attr_idx, obj_idx) with K >= 1, got {shape}")
+            raise ValueError(
+                f"pairs: expected a LongTensor (K, 2) of (attr_idx, obj_idx) with K >= 1, got {shape}"
+            )
         if pairs.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"pairs: expected integer indices, got dtype {pairs.dtype}")
         pairs = pairs.long()
         a, o = pairs[:, 0], pairs[:, 1]
-        if int(a.min()) < 0 or int(a.max()) >= self.n_attrs or int(o.min()) < 0 or int(o.max()) >= self.n_objs:
-            raise ValueError(f"pairs: indices out of range (attrs 0..{self.n_attrs - 1}, objs 0..{self.n_objs - 1})")
+        if (
+            int(a.min()) < 0
+            or int(a.max()) >= self.n_attrs
+            or int(o.min()) < 0
+            or int(o.max()) >= self.n_objs
+        ):
+            raise ValueError(
+                f"pairs: indices out of range (attrs 0..{self.n_attrs - 1}, objs 0..{self.n_objs - 1})"
+            )
         return pairs
 
     def forward(self, images: Tensor, pairs: Tensor, return_attention: bool = False) -> dict[str, Tensor]:
         """Score ``images`` (B, 3, H, W) against ``pairs`` (K, 2): see the module docstring for the keys."""
-        return self.score(self.encode_images(images, return_attention=return_attention), self.encode_pairs(pairs))
+        return self.score(
+            self.encode_images(images, return_attention=return_attention), self.encode_pairs(pairs)
+        )
 
-    def encode_pairs(self, pairs: Tensor, chunk_size: int | None = None,
-                     primitives: TextCache | None = None) -> TextCache:  # pragma: no cover
+    def encode_pairs(
+        self, pairs: Tensor, chunk_size: int | None = None, primitives: TextCache | None = None
+    ) -> TextCache:  # pragma: no cover
         """Text features of ``pairs`` (K, 2), ``chunk_size`` prompts per text-tower call; ``primitives``: an earlier
         cache whose state/object features are reused (models without primitive branches ignore it)."""
         raise NotImplementedError
 
-    def encode_images(self, images: Tensor, return_attention: bool = False) -> ImageFeatures:  # pragma: no cover
+    def encode_images(
+        self, images: Tensor, return_attention: bool = False
+    ) -> ImageFeatures:  # pragma: no cover
         raise NotImplementedError
 
-    def score(self, images: Tensor | ImageFeatures, cache: TextCache) -> dict[str, Tensor]:  # pragma: no cover
+    def score(
+        self, images: Tensor | ImageFeatures, cache: TextCache
+    ) -> dict[str, Tensor]:  # pragma: no cover
         raise NotImplementedError
 
     def _features(self, images: Tensor | ImageFeatures) -> ImageFeatures:

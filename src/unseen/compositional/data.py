@@ -59,8 +59,13 @@ PAIR_SPACES = ("train", "closed", "open")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: Folder names of the known datasets -> canonical name (czsl calls UT-Zappos "ut-zap50k").
-DATASET_ALIASES = {"mit-states": "mit-states", "ut-zappos": "ut-zappos", "ut-zap50k": "ut-zappos",
-                   "cgqa": "cgqa", "c-gqa": "cgqa"}
+DATASET_ALIASES = {
+    "mit-states": "mit-states",
+    "ut-zappos": "ut-zappos",
+    "ut-zap50k": "ut-zappos",
+    "cgqa": "cgqa",
+    "c-gqa": "cgqa",
+}
 
 
 # --------------------------------------------------------------------------------------------- known counts
@@ -201,7 +206,9 @@ class CZSLData:
             table = self.train_pair_to_idx
         elif space == "open":
             if attr not in self.attr_to_idx or obj not in self.obj_to_idx:
-                bad = [f"attr {attr!r}"] * (attr not in self.attr_to_idx) + [f"obj {obj!r}"] * (obj not in self.obj_to_idx)
+                bad = [f"attr {attr!r}"] * (attr not in self.attr_to_idx) + [f"obj {obj!r}"] * (
+                    obj not in self.obj_to_idx
+                )
                 raise KeyError(f"{self.root}: {' and '.join(bad)} not in the vocabulary")
             return self.attr_to_idx[attr] * len(self.objs) + self.obj_to_idx[obj]
         else:
@@ -288,10 +295,12 @@ class CZSLData:
 
     def summary(self) -> str:
         """One line in the style czsl/CSP print at load."""
-        return (f"{self.dataset or self.root.name}: {self.n_attrs} attrs, {self.n_objs} objs, "
-                f"{len(self.train_pairs)}/{len(self.val_pairs)}/{len(self.test_pairs)} train/val/test pairs, "
-                f"{self.n_pairs} CW / {self.n_open_pairs} OW pairs, "
-                f"{len(self.train)}/{len(self.val)}/{len(self.test)} train/val/test images")
+        return (
+            f"{self.dataset or self.root.name}: {self.n_attrs} attrs, {self.n_objs} objs, "
+            f"{len(self.train_pairs)}/{len(self.val_pairs)}/{len(self.test_pairs)} train/val/test pairs, "
+            f"{self.n_pairs} CW / {self.n_open_pairs} OW pairs, "
+            f"{len(self.train)}/{len(self.val)}/{len(self.test)} train/val/test images"
+        )
 
 
 # --------------------------------------------------------------------------------------------- readers
@@ -316,8 +325,10 @@ def read_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         if not toks:
             continue
         if len(toks) != 2:
-            raise DataFormatError(f"{path}: line {lineno}: expected 'attr obj' (2 whitespace-separated names), "
-                                  f"got {len(toks)}: {line.strip()!r}")
+            raise DataFormatError(
+                f"{path}: line {lineno}: expected 'attr obj' (2 whitespace-separated names), "
+                f"got {len(toks)}: {line.strip()!r}"
+            )
         pair = (toks[0], toks[1])
         if pair in first_line:
             raise DataFormatError(f"{path}: line {lineno}: pair {pair} repeats line {first_line[pair]}")
@@ -339,11 +350,17 @@ def _load_torch_file(path: Path) -> Any:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), None)
         if detail is not None:
-            raise UnsafeFileError(f"{path}: refusing to load: the file asks for something other than tensors and "
-                                  f"plain lists/dicts/str ({detail[:200]})") from None
-        raise DataFormatError(f"{path}: not a readable torch.save file ({(lines or [''])[-1][:200]})") from None
+            raise UnsafeFileError(
+                f"{path}: refusing to load: the file asks for something other than tensors and "
+                f"plain lists/dicts/str ({detail[:200]})"
+            ) from None
+        raise DataFormatError(
+            f"{path}: not a readable torch.save file ({(lines or [''])[-1][:200]})"
+        ) from None
     except Exception as exc:  # truncated, empty, not a torch file, ...
-        raise DataFormatError(f"{path}: not a readable torch.save file ({type(exc).__name__}: {exc})") from None
+        raise DataFormatError(
+            f"{path}: not a readable torch.save file ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def load_metadata(path: str | os.PathLike[str]) -> list[dict[str, str]]:
@@ -355,7 +372,9 @@ def load_metadata(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     path = Path(path)
     obj = _load_torch_file(path)
     if not isinstance(obj, list):
-        raise DataFormatError(f"{path}: expected a list of dicts {{image, attr, obj, set}}, got {type(obj).__name__}")
+        raise DataFormatError(
+            f"{path}: expected a list of dicts {{image, attr, obj, set}}, got {type(obj).__name__}"
+        )
     for i, entry in enumerate(obj):
         if not isinstance(entry, dict):
             raise DataFormatError(f"{path}: entry {i}: expected a dict, got {type(entry).__name__}")
@@ -363,11 +382,14 @@ def load_metadata(path: str | os.PathLike[str]) -> list[dict[str, str]]:
             if key not in entry:
                 raise DataFormatError(f"{path}: entry {i}: field {key!r} is missing (expected {META_FIELDS})")
             if not isinstance(entry[key], str):
-                raise DataFormatError(f"{path}: entry {i}: field {key!r} must be a str, got "
-                                      f"{type(entry[key]).__name__} ({entry[key]!r})")
+                raise DataFormatError(
+                    f"{path}: entry {i}: field {key!r} must be a str, got "
+                    f"{type(entry[key]).__name__} ({entry[key]!r})"
+                )
         if entry["set"] not in (*SETS, NA):
-            raise DataFormatError(f"{path}: entry {i}: field 'set' is {entry['set']!r} "
-                                  f"(expected one of {(*SETS, NA)})")
+            raise DataFormatError(
+                f"{path}: entry {i}: field 'set' is {entry['set']!r} (expected one of {(*SETS, NA)})"
+            )
     return obj
 
 
@@ -419,7 +441,8 @@ def load_czsl(
             if pair not in train_pair_to_idx:
                 raise DataFormatError(
                     f"{meta_path}: entry {i}: a train image of pair {pair}, which is not in "
-                    f"{split_dir / 'train_pairs.txt'} (train targets index the train pairs)")
+                    f"{split_dir / 'train_pairs.txt'} (train targets index the train pairs)"
+                )
             target = train_pair_to_idx[pair]
         else:
             target = pair_to_idx[pair]
@@ -431,9 +454,20 @@ def load_czsl(
         return CZSLSplit(name, [x[0] for x in r], *cols, pair_space="train" if name == "train" else "closed")
 
     data = CZSLData(
-        root=root, split=split, dataset=dataset_name(root), attrs=attrs, objs=objs, pairs=pairs,
-        train_pairs=listed["train"], val_pairs=listed["val"], test_pairs=listed["test"],
-        train=make("train"), val=make("val"), test=make("test"), skipped=skipped, unlisted_pairs=dict(unlisted),
+        root=root,
+        split=split,
+        dataset=dataset_name(root),
+        attrs=attrs,
+        objs=objs,
+        pairs=pairs,
+        train_pairs=listed["train"],
+        val_pairs=listed["val"],
+        test_pairs=listed["test"],
+        train=make("train"),
+        val=make("val"),
+        test=make("test"),
+        skipped=skipped,
+        unlisted_pairs=dict(unlisted),
         sources={"metadata": str(meta_path), **{s: str(split_dir / f"{s}_pairs.txt") for s in SETS}},
     )
     if check_images:
@@ -447,8 +481,14 @@ def load_czsl(
                         missing.append(img)
         data.missing_images = missing
         if missing:
-            log.warning("%s: %d of %d images missing under %s (first: %s)", root, len(missing), len(seen),
-                        root / "images", missing[0])
+            log.warning(
+                "%s: %d of %d images missing under %s (first: %s)",
+                root,
+                len(missing),
+                len(seen),
+                root / "images",
+                missing[0],
+            )
     if verify_counts is None:
         verify_counts = data.dataset is not None and split == DEFAULT_SPLIT
     if verify_counts:
@@ -459,19 +499,26 @@ def load_czsl(
 
 def _assert_known_counts(data: CZSLData) -> None:
     if data.dataset not in KNOWN_COUNTS:
-        raise ValueError(f"{data.root}: no known counts for folder name {data.root.name!r} "
-                         f"(known: {sorted(DATASET_ALIASES)})")
+        raise ValueError(
+            f"{data.root}: no known counts for folder name {data.root.name!r} "
+            f"(known: {sorted(DATASET_ALIASES)})"
+        )
     k = KNOWN_COUNTS[data.dataset]
-    checks = [("attrs (states)", data.n_attrs, k.attrs), ("objs", data.n_objs, k.objs),
-              ("open-world pairs |A|*|O|", data.n_open_pairs, k.attrs * k.objs),
-              ("train pairs", len(data.train_pairs), k.train_pairs)]
+    checks = [
+        ("attrs (states)", data.n_attrs, k.attrs),
+        ("objs", data.n_objs, k.objs),
+        ("open-world pairs |A|*|O|", data.n_open_pairs, k.attrs * k.objs),
+        ("train pairs", len(data.train_pairs), k.train_pairs),
+    ]
     if k.cw_pairs is not None:
         checks.append(("closed-world pairs", data.n_pairs, k.cw_pairs))
     bad = [f"{what}: found {got}, expected {want}" for what, got, want in checks if got != want]
     if bad:
         raise DataFormatError(
             f"{data.root / data.split}: counts differ from the {data.dataset} benchmark (spec §4.1): "
-            + "; ".join(bad) + ". Pass verify_counts=False for a subset or a different release.")
+            + "; ".join(bad)
+            + ". Pass verify_counts=False for a subset or a different release."
+        )
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -486,12 +533,16 @@ def check_czsl(root: str | os.PathLike[str], split: str = DEFAULT_SPLIT) -> list
     vocabularies, missing images, skipped / unlisted pairs. For a known benchmark folder the [D]/[R] counts of
     spec §4.1 are asserted (DataFormatError) and the [M] ones produce WARNING lines."""
     d = load_czsl(root, split, check_images=True)
-    lines = [f"czsl dataset {d.dataset or '(unknown name)'} at {d.root} (split {d.split})",
-             f"vocabulary: {d.n_attrs} attrs (states), {d.n_objs} objs; pairs: {d.n_pairs} closed-world, "
-             f"{d.n_open_pairs} open-world"]
+    lines = [
+        f"czsl dataset {d.dataset or '(unknown name)'} at {d.root} (split {d.split})",
+        f"vocabulary: {d.n_attrs} attrs (states), {d.n_objs} objs; pairs: {d.n_pairs} closed-world, "
+        f"{d.n_open_pairs} open-world",
+    ]
     val_su, test_su = _pair_split_counts(d, d.val_pairs), _pair_split_counts(d, d.test_pairs)
-    lines.append(f"pairs: train {len(d.train_pairs)}; val {len(d.val_pairs)} (seen {val_su[0]}, unseen {val_su[1]}); "
-                 f"test {len(d.test_pairs)} (seen {test_su[0]}, unseen {test_su[1]})")
+    lines.append(
+        f"pairs: train {len(d.train_pairs)}; val {len(d.val_pairs)} (seen {val_su[0]}, unseen {val_su[1]}); "
+        f"test {len(d.test_pairs)} (seen {test_su[0]}, unseen {test_su[1]})"
+    )
     cand = {s: int(d.eval_mask(s).sum()) for s in ("val", "test")}
     lines.append(f"closed-world candidates: val {cand['val']}, test {cand['test']}")
     counts = {}
@@ -499,16 +550,25 @@ def check_czsl(root: str | os.PathLike[str], split: str = DEFAULT_SPLIT) -> list
         sp = d.split_data(s)
         counts[s] = len(sp)
         if s == "train":
-            lines.append(f"images: train {len(sp)} ({len(np.unique(sp.pair))} of {len(d.train_pairs)} train pairs "
-                         "have images)")
+            lines.append(
+                f"images: train {len(sp)} ({len(np.unique(sp.pair))} of {len(d.train_pairs)} train pairs "
+                "have images)"
+            )
         else:
             seen = d.seen_samples(s)
-            lines.append(f"images: {s} {len(sp)} (seen-pair {int(seen.sum())}, unseen-pair {int((~seen).sum())})")
+            lines.append(
+                f"images: {s} {len(sp)} (seen-pair {int(seen.sum())}, unseen-pair {int((~seen).sum())})"
+            )
     sk = d.skipped
-    lines.append(f"skipped metadata entries: attr 'NA' {sk['attr_na']}, set 'NA' {sk['set_na']}, "
-                 f"pair not in the pair files {sk['pair_not_listed']}"
-                 + (f" ({len(d.unlisted_pairs)} distinct, e.g. {next(iter(d.unlisted_pairs))})"
-                    if d.unlisted_pairs else ""))
+    lines.append(
+        f"skipped metadata entries: attr 'NA' {sk['attr_na']}, set 'NA' {sk['set_na']}, "
+        f"pair not in the pair files {sk['pair_not_listed']}"
+        + (
+            f" ({len(d.unlisted_pairs)} distinct, e.g. {next(iter(d.unlisted_pairs))})"
+            if d.unlisted_pairs
+            else ""
+        )
+    )
     for s in ("val", "test"):
         own = set(d.val_pairs if s == "val" else d.test_pairs)
         cand_mask = d.eval_mask(s)
@@ -516,19 +576,29 @@ def check_czsl(root: str | os.PathLike[str], split: str = DEFAULT_SPLIT) -> list
         off = sum(d.pairs[p] not in own for p in sp.pair)
         never = int((~cand_mask[sp.pair]).sum()) if len(sp) else 0
         if off:
-            lines.append(f"WARNING {s}: {off} images have a pair that is not in {s}_pairs.txt "
-                         f"({never} of them are outside the {s} candidate set and can never be predicted)")
+            lines.append(
+                f"WARNING {s}: {off} images have a pair that is not in {s}_pairs.txt "
+                f"({never} of them are outside the {s} candidate set and can never be predicted)"
+            )
     missing = d.missing_images or []
     n_unique = len(set(d.train.images) | set(d.val.images) | set(d.test.images))
-    lines.append(f"images on disk: {n_unique - len(missing)} of {n_unique} found"
-                 + (f"; MISSING {len(missing)} (first: {missing[0]})" if missing else ""))
+    lines.append(
+        f"images on disk: {n_unique - len(missing)} of {n_unique} found"
+        + (f"; MISSING {len(missing)} (first: {missing[0]})" if missing else "")
+    )
     if d.dataset in KNOWN_COUNTS and d.split == DEFAULT_SPLIT:
         k = KNOWN_COUNTS[d.dataset]
-        lines.append(f"known counts of {d.dataset} (spec §4.1 [D]/[R]): attrs, objs, train pairs"
-                     + (", closed-world pairs" if k.cw_pairs is not None else "") + ": OK")
-        recalled = [("val pairs seen/unseen", val_su, k.val_pairs), ("test pairs seen/unseen", test_su, k.test_pairs),
-                    ("train/val/test images", (counts["train"], counts["val"], counts["test"]), k.images),
-                    ("closed-world test candidates", cand["test"], k.train_pairs + k.test_pairs[1])]
+        lines.append(
+            f"known counts of {d.dataset} (spec §4.1 [D]/[R]): attrs, objs, train pairs"
+            + (", closed-world pairs" if k.cw_pairs is not None else "")
+            + ": OK"
+        )
+        recalled = [
+            ("val pairs seen/unseen", val_su, k.val_pairs),
+            ("test pairs seen/unseen", test_su, k.test_pairs),
+            ("train/val/test images", (counts["train"], counts["val"], counts["test"]), k.images),
+            ("closed-world test candidates", cand["test"], k.train_pairs + k.test_pairs[1]),
+        ]
         for what, got, want in recalled:
             if got != want:
                 lines.append(f"WARNING {what}: found {got}, spec §4.1 recalls {want} [M, not asserted]")
@@ -536,8 +606,9 @@ def check_czsl(root: str | os.PathLike[str], split: str = DEFAULT_SPLIT) -> list
 
 
 # --------------------------------------------------------------------------------------------- images
-def clip_transforms(size: int = 224, train: bool = False, mean: Sequence[float] = CLIP_MEAN,
-                    std: Sequence[float] = CLIP_STD) -> Callable[[Any], torch.Tensor]:
+def clip_transforms(
+    size: int = 224, train: bool = False, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> Callable[[Any], torch.Tensor]:
     """CLIP image transforms as CSP/Troika use them (spec §4): Resize(size, bicubic) -> CenterCrop(size) -> RGB ->
     ToTensor -> Normalize(CLIP mean/std). ``train`` adds RandomHorizontalFlip, RandomPerspective and
     RandomRotation(5°) after the crop."""
@@ -561,8 +632,13 @@ class CZSLImageDataset(Dataset):
     indices (val/test, or train mapped to OW), "closed" maps train targets to CW. A missing or unreadable image
     raises DataFormatError naming the path."""
 
-    def __init__(self, data: CZSLData, split: str, transform: Callable[[Any], Any] | None = None,
-                 space: str | None = None) -> None:
+    def __init__(
+        self,
+        data: CZSLData,
+        split: str,
+        transform: Callable[[Any], Any] | None = None,
+        space: str | None = None,
+    ) -> None:
         s = data.split_data(split)
         self.root = data.root / "images"
         self.images = list(s.images)
@@ -596,13 +672,25 @@ class CZSLImageDataset(Dataset):
 #: faux.fur, patent.leather, boots.ankle, nubuck, trash_can, eiffel_tower [R]; the other UT-Zappos and C-GQA entries
 #: follow the czsl/CSP tables as recalled [M]. Override with ``remap=`` where a word is missing from your file.
 GLOVE_REMAP: dict[str, str] = {
-    "faux.fur": "fake_fur", "faux.leather": "fake_leather", "full.grain.leather": "thick_leather",
-    "hair.calf": "hair_leather", "patent.leather": "shiny_leather", "nubuck": "grainy_leather",
-    "boots.ankle": "ankle_boots", "boots.knee.high": "knee_high_boots", "boots.mid-calf": "midcalf_boots",
-    "shoes.boat.shoes": "boat_shoes", "shoes.clogs.and.mules": "clogs_shoes", "shoes.flats": "flats_shoes",
-    "shoes.heels": "heels", "shoes.loafers": "loafers", "shoes.oxfords": "oxford_shoes",
+    "faux.fur": "fake_fur",
+    "faux.leather": "fake_leather",
+    "full.grain.leather": "thick_leather",
+    "hair.calf": "hair_leather",
+    "patent.leather": "shiny_leather",
+    "nubuck": "grainy_leather",
+    "boots.ankle": "ankle_boots",
+    "boots.knee.high": "knee_high_boots",
+    "boots.mid-calf": "midcalf_boots",
+    "shoes.boat.shoes": "boat_shoes",
+    "shoes.clogs.and.mules": "clogs_shoes",
+    "shoes.flats": "flats_shoes",
+    "shoes.heels": "heels",
+    "shoes.loafers": "loafers",
+    "shoes.oxfords": "oxford_shoes",
     "shoes.sneakers.and.athletic.shoes": "sneakers",
-    "trash_can": "trashcan", "eiffel_tower": "tower", "dry-erase_board": "dry_erase_board",
+    "trash_can": "trashcan",
+    "eiffel_tower": "tower",
+    "dry-erase_board": "dry_erase_board",
     "black_and_white": "black_white",
 }
 
@@ -615,8 +703,9 @@ def glove_words(name: str, remap: Mapping[str, str] | None = None) -> list[str]:
     return [w for w in key.split("_") if w]
 
 
-def load_glove_vectors(path: str | os.PathLike[str], names: Iterable[str],
-                       remap: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+def load_glove_vectors(
+    path: str | os.PathLike[str], names: Iterable[str], remap: Mapping[str, str] | None = None
+) -> dict[str, np.ndarray]:
     """Vectors for ``names`` from a GloVe text file (``word v1 ... vd`` per line, space-separated; a word2vec
     ``count dim`` header line is ignored) -> {name: float32 (d,)}. Each name is the mean of the vectors of :func:`glove_words` (lower-case,
     ``remap`` = :data:`GLOVE_REMAP` by default, ``_`` words averaged). Only the needed words are parsed. Words not in
@@ -641,8 +730,10 @@ def load_glove_vectors(path: str | os.PathLike[str], names: Iterable[str],
             if dim is None:
                 dim = len(parts) - 1
             if len(parts) - 1 != dim or dim < 1:
-                raise DataFormatError(f"{path}: line {lineno}: {len(parts) - 1} values for word {word!r}, expected "
-                                      f"{dim} (as on the first parsed line)")
+                raise DataFormatError(
+                    f"{path}: line {lineno}: {len(parts) - 1} values for word {word!r}, expected "
+                    f"{dim} (as on the first parsed line)"
+                )
             try:
                 found[word] = np.asarray(parts[1:], dtype=np.float32)
             except ValueError:
@@ -650,8 +741,10 @@ def load_glove_vectors(path: str | os.PathLike[str], names: Iterable[str],
     missing = {w: [n for n, ws in words.items() if w in ws] for w in sorted(wanted - found.keys())}
     if missing:
         shown = "; ".join(f"{w!r} (for {ns[:3]})" for w, ns in list(missing.items())[:20])
-        raise DataFormatError(f"{path}: {len(missing)} words not in the file: {shown}"
-                              f"{' ...' if len(missing) > 20 else ''}. Add them to remap= (spec §7).")
+        raise DataFormatError(
+            f"{path}: {len(missing)} words not in the file: {shown}"
+            f"{' ...' if len(missing) > 20 else ''}. Add them to remap= (spec §7)."
+        )
     return {n: np.mean([found[w] for w in ws], axis=0).astype(np.float32) for n, ws in words.items()}
 
 
@@ -659,8 +752,9 @@ def _unit_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
-def _embedding_matrices(attrs: Sequence[str], objs: Sequence[str],
-                        embeddings: Mapping[str, Any] | tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _embedding_matrices(
+    attrs: Sequence[str], objs: Sequence[str], embeddings: Mapping[str, Any] | tuple[Any, Any]
+) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(embeddings, Mapping):
         missing = [n for n in (*attrs, *objs) if n not in embeddings]
         if missing:
@@ -669,17 +763,28 @@ def _embedding_matrices(attrs: Sequence[str], objs: Sequence[str],
         eo = np.stack([np.asarray(embeddings[o], np.float64).ravel() for o in objs])
     else:
         ea, eo = (np.asarray(x, np.float64) for x in embeddings)
-    if ea.ndim != 2 or eo.ndim != 2 or ea.shape[0] != len(attrs) or eo.shape[0] != len(objs) \
-            or ea.shape[1] != eo.shape[1]:
-        raise DataFormatError(f"embeddings: expected ({len(attrs)}, d) attr and ({len(objs)}, d) obj vectors, "
-                              f"got {ea.shape} and {eo.shape}")
+    if (
+        ea.ndim != 2
+        or eo.ndim != 2
+        or ea.shape[0] != len(attrs)
+        or eo.shape[0] != len(objs)
+        or ea.shape[1] != eo.shape[1]
+    ):
+        raise DataFormatError(
+            f"embeddings: expected ({len(attrs)}, d) attr and ({len(objs)}, d) obj vectors, "
+            f"got {ea.shape} and {eo.shape}"
+        )
     if not (np.isfinite(ea).all() and np.isfinite(eo).all()):
         raise DataFormatError("embeddings: contain NaN or inf")
     return ea, eo
 
 
-def feasibility_scores(attrs: Sequence[str], objs: Sequence[str], train_pairs: Iterable[tuple[str, str]],
-                       embeddings: Mapping[str, Any] | tuple[Any, Any]) -> np.ndarray:
+def feasibility_scores(
+    attrs: Sequence[str],
+    objs: Sequence[str],
+    train_pairs: Iterable[tuple[str, str]],
+    embeddings: Mapping[str, Any] | tuple[Any, Any],
+) -> np.ndarray:
     """CompCos feasibility of every OW pair (spec §7) -> float32 (|A|·|O|,), attr-major (index a*|O| + o).
 
     For an unseen (a, o): s_obj = max cos(e(o), e(o')) over objects o' != o with (a, o') a train pair (-1 if none),
@@ -765,8 +870,26 @@ def feasible_mask(f: Any, seen_mask: Any, threshold: float) -> np.ndarray:
 
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "CZSLData", "CZSLImageDataset", "CZSLSplit", "DEFAULT_SPLIT", "GLOVE_REMAP",
-    "KNOWN_COUNTS", "KnownCounts", "check_czsl", "clip_transforms", "dataset_name", "feasibility_scores",
-    "feasibility_thresholds", "feasible_mask", "glove_words", "load_czsl", "load_feasibility", "load_glove_vectors",
-    "load_metadata", "read_pairs", "save_feasibility",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "CZSLData",
+    "CZSLImageDataset",
+    "CZSLSplit",
+    "DEFAULT_SPLIT",
+    "GLOVE_REMAP",
+    "KNOWN_COUNTS",
+    "KnownCounts",
+    "check_czsl",
+    "clip_transforms",
+    "dataset_name",
+    "feasibility_scores",
+    "feasibility_thresholds",
+    "feasible_mask",
+    "glove_words",
+    "load_czsl",
+    "load_feasibility",
+    "load_glove_vectors",
+    "load_metadata",
+    "read_pairs",
+    "save_feasibility",
 ]

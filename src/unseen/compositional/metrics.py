@@ -175,8 +175,9 @@ class _Problem:
     def __init__(self, pairs: Any, seen_mask: Any, eval_mask: Any, gt_pair: Any, gt_attr: Any, gt_obj: Any):
         pr = _np(pairs, "pairs")
         if pr.ndim != 2 or pr.shape[1] != 2 or pr.shape[0] == 0 or not np.issubdtype(pr.dtype, np.integer):
-            raise DataFormatError(f"pairs: expected a non-empty P x 2 integer array (attr, obj), got {pr.dtype} "
-                                  f"{pr.shape}")
+            raise DataFormatError(
+                f"pairs: expected a non-empty P x 2 integer array (attr, obj), got {pr.dtype} {pr.shape}"
+            )
         if np.unique(pr, axis=0).shape[0] != pr.shape[0]:
             raise DataFormatError("pairs: expected unique (attr, obj) rows, found duplicates")
         self.pairs = pr.astype(np.int64)
@@ -187,8 +188,10 @@ class _Problem:
             raise DataFormatError("seen_mask: selects no column (a compositional split has train pairs)")
         if (self.seen & ~self.eval).any():
             j = int(np.flatnonzero(self.seen & ~self.eval)[0])
-            raise DataFormatError(f"eval_mask: every seen column must be a candidate, column {j} is seen but "
-                                  "outside the eval mask")
+            raise DataFormatError(
+                f"eval_mask: every seen column must be a candidate, column {j} is seen but "
+                "outside the eval mask"
+            )
         self.y = _index_vector(gt_pair, None, self.P, "gt_pair")
         self.N = self.y.shape[0]
         for what, given, col in (("gt_attr", gt_attr, 0), ("gt_obj", gt_obj, 1)):
@@ -199,8 +202,10 @@ class _Problem:
                 bad = np.flatnonzero(g != self.pairs[self.y, col])
                 if bad.size:
                     n = int(bad[0])
-                    raise DataFormatError(f"{what}: sample {n} has {what} {g[n]} but its gt_pair {self.y[n]} is "
-                                          f"{tuple(self.pairs[self.y[n]])} (expected pairs[gt_pair, {col}])")
+                    raise DataFormatError(
+                        f"{what}: sample {n} has {what} {g[n]} but its gt_pair {self.y[n]} is "
+                        f"{tuple(self.pairs[self.y[n]])} (expected pairs[gt_pair, {col}])"
+                    )
         self.unseen_eval = self.eval & ~self.seen  # unseen candidate columns
         self.seen_sample = self.seen[self.y]  # (N,) GT is a train pair
         self.n_used = int(self.seen.sum() + self.unseen_eval.sum())  # columns each sample must receive
@@ -232,7 +237,9 @@ def _chunk_numpy(scores: Any, dtype: type) -> np.ndarray:
         a = t.cpu().numpy()
     else:
         a = np.asarray(scores)
-        if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        if a.dtype == np.bool_ or not (
+            np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
+        ):
             raise DataFormatError(f"scores: expected a real matrix, got dtype {a.dtype}")
         if a.dtype not in (np.float32, np.float64):
             a = a.astype(np.float32)
@@ -365,11 +372,13 @@ class _Stream:
         bad = np.isnan(v) | np.isposinf(v)
         if bad.any():
             n = int(row_ids[np.flatnonzero(bad)[0]])
-            raise DataFormatError(f"scores: sample {n} has a NaN or +inf score in an evaluated column "
-                                  "(scores must be finite)")
+            raise DataFormatError(
+                f"scores: sample {n} has a NaN or +inf score in an evaluated column (scores must be finite)"
+            )
 
-    def _update_unseen(self, x: np.ndarray, r: Any, row_ids: np.ndarray, col_ids: np.ndarray,
-                       loc: np.ndarray) -> None:
+    def _update_unseen(
+        self, x: np.ndarray, r: Any, row_ids: np.ndarray, col_ids: np.ndarray, loc: np.ndarray
+    ) -> None:
         raise NotImplementedError
 
     def _check_complete(self) -> None:
@@ -377,13 +386,17 @@ class _Stream:
         bad = np.flatnonzero(self.count != prob.n_used)
         if bad.size:
             n = int(bad[0])
-            raise DataFormatError(f"scores: sample {n} received {self.count[n]} evaluated column scores, expected "
-                                  f"{prob.n_used} (every seen and in-mask unseen column once); {bad.size} samples "
-                                  "incomplete or duplicated")
+            raise DataFormatError(
+                f"scores: sample {n} received {self.count[n]} evaluated column scores, expected "
+                f"{prob.n_used} (every seen and in-mask unseen column once); {bad.size} samples "
+                "incomplete or duplicated"
+            )
         low = np.flatnonzero(~(self.s > MASK_FILL))
         if low.size:
-            raise DataFormatError(f"scores: sample {int(low[0])} has best seen score {self.s[low[0]]} <= -1e10 (the "
-                                  "reference's fill value for excluded columns); scores must be far above it")
+            raise DataFormatError(
+                f"scores: sample {int(low[0])} has best seen score {self.s[low[0]]} <= -1e10 (the "
+                "reference's fill value for excluded columns); scores must be far above it"
+            )
 
 
 class StreamingEvaluator(_Stream):
@@ -401,9 +414,20 @@ class StreamingEvaluator(_Stream):
         attr_obj: ``"csp"`` (attr/obj accuracy at ``b = 0``) or ``"czsl"`` (at ``b = 1e3``).
     """
 
-    def __init__(self, pairs: Any, seen_mask: Any, eval_mask: Any, gt_pair: Any, gt_attr: Any = None,
-                 gt_obj: Any = None, *, exact: bool = True, topk: int = 4, dtype: str = "float32",
-                 attr_obj: Literal["csp", "czsl"] = "csp"):
+    def __init__(
+        self,
+        pairs: Any,
+        seen_mask: Any,
+        eval_mask: Any,
+        gt_pair: Any,
+        gt_attr: Any = None,
+        gt_obj: Any = None,
+        *,
+        exact: bool = True,
+        topk: int = 4,
+        dtype: str = "float32",
+        attr_obj: Literal["csp", "czsl"] = "csp",
+    ):
         if attr_obj not in ("csp", "czsl"):
             raise ValueError(f"attr_obj: expected 'csp' or 'czsl', got {attr_obj!r}")
         if exact and (not isinstance(topk, int) or topk < 2):
@@ -415,8 +439,9 @@ class StreamingEvaluator(_Stream):
         self.uv = np.full((self.prob.N, self.k), -np.inf, self.dt)  # best distinct unseen scores, descending
         self.ui = np.full((self.prob.N, self.k), self.prob.P, np.int64)  # first column of each (P = none)
 
-    def _update_unseen(self, x: np.ndarray, r: Any, row_ids: np.ndarray, col_ids: np.ndarray,
-                       loc: np.ndarray) -> None:
+    def _update_unseen(
+        self, x: np.ndarray, r: Any, row_ids: np.ndarray, col_ids: np.ndarray, loc: np.ndarray
+    ) -> None:
         xu = np.take(x, loc, axis=1)
         if self.k == 1:
             a = np.argmax(xu, 1)
@@ -433,8 +458,9 @@ class StreamingEvaluator(_Stream):
             self.uv[r, 0] = np.where(upd, v[:, 0], self.uv[r, 0])
             self.ui[r, 0] = np.where(upd, j[:, 0], self.ui[r, 0])
         else:
-            self.uv[r], self.ui[r] = _distinct_topk(np.concatenate([self.uv[r], v], 1),
-                                                    np.concatenate([self.ui[r], j], 1), self.k, self.prob.P)
+            self.uv[r], self.ui[r] = _distinct_topk(
+                np.concatenate([self.uv[r], v], 1), np.concatenate([self.ui[r], j], 1), self.k, self.prob.P
+            )
 
     def predict(self, bias: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Top-1 eval-masked column per sample at ``bias`` (added in the evaluator's dtype).
@@ -452,8 +478,9 @@ class StreamingEvaluator(_Stream):
         return _evaluate_state(self, self.uv, self.ui, self.attr_obj)
 
 
-def _predict(st: _Stream, uv: np.ndarray, ui: np.ndarray, bias: float
-             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def _predict(
+    st: _Stream, uv: np.ndarray, ui: np.ndarray, bias: float
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     prob, dt = st.prob, st.dt
     b = dt(bias)
     t = uv[:, 0] + b  # fl(u + b): the biased unseen maximum (Lemma 1)
@@ -502,8 +529,13 @@ def _evaluate_state(st: _Stream, uv: np.ndarray, ui: np.ndarray, attr_obj: str) 
         if amb is not None:
             amb_any[amb] = True
             na = int(amb.sum())
-        return (_mean(int(ok[seen_s].sum()), n_seen, dt), _mean(int(ok[unseen_s].sum()), n_unseen, dt), na,
-                pred, unc)
+        return (
+            _mean(int(ok[seen_s].sum()), n_seen, dt),
+            _mean(int(ok[unseen_s].sum()), n_unseen, dt),
+            na,
+            pred,
+            unc,
+        )
 
     s_max, u_max, na_max, pred_max, unc_max = point(MAX_BIAS)
     sel = (pred_max == prob.y) & unseen_s
@@ -535,13 +567,30 @@ def _evaluate_state(st: _Stream, uv: np.ndarray, ui: np.ndarray, attr_obj: str) 
     obj = _mean(int((pa[:, 1] == ga[:, 1]).sum()), prob.N, dt)
     amb_idx = np.flatnonzero(amb_any) if check else None
     return CZSLResult(
-        auc=float(np.trapezoid(seen_a, unseen_a)), best_hm=float(hm[i]), best_seen=float(seen_a.max()),
-        best_unseen=float(unseen_a.max()), hm_seen=float(seen_a[i]), hm_unseen=float(unseen_a[i]),
-        best_hm_bias=float(bias_all[i]), attr_acc=attr, obj_acc=obj, attr_obj_convention=attr_obj,
-        seen_at_max_bias=s_max, unseen_at_max_bias=u_max, biases=bias_all, seen_curve=seen_a,
-        unseen_curve=unseen_a, hm_curve=hm, n_samples=prob.N, n_seen_samples=n_seen, n_unseen_samples=n_unseen,
-        dtype=st.dtype_name, n_ambiguous=None if amb_idx is None else int(amb_idx.size),
-        ambiguous_samples=amb_idx, ambiguous_per_point=np.array(amb_c, np.int64) if check else None)
+        auc=float(np.trapezoid(seen_a, unseen_a)),
+        best_hm=float(hm[i]),
+        best_seen=float(seen_a.max()),
+        best_unseen=float(unseen_a.max()),
+        hm_seen=float(seen_a[i]),
+        hm_unseen=float(unseen_a[i]),
+        best_hm_bias=float(bias_all[i]),
+        attr_acc=attr,
+        obj_acc=obj,
+        attr_obj_convention=attr_obj,
+        seen_at_max_bias=s_max,
+        unseen_at_max_bias=u_max,
+        biases=bias_all,
+        seen_curve=seen_a,
+        unseen_curve=unseen_a,
+        hm_curve=hm,
+        n_samples=prob.N,
+        n_seen_samples=n_seen,
+        n_unseen_samples=n_unseen,
+        dtype=st.dtype_name,
+        n_ambiguous=None if amb_idx is None else int(amb_idx.size),
+        ambiguous_samples=amb_idx,
+        ambiguous_per_point=np.array(amb_c, np.int64) if check else None,
+    )
 
 
 def _blocks(n: int, size: int | None) -> Iterator[slice]:
@@ -552,18 +601,42 @@ def _blocks(n: int, size: int | None) -> Iterator[slice]:
         yield slice(a, min(n, a + size))
 
 
-def evaluate_scores(scores: Any, pairs: Any, seen_mask: Any, eval_mask: Any, gt_pair: Any, gt_attr: Any = None,
-                    gt_obj: Any = None, *, exact: bool = True, topk: int = 4, dtype: str = "float32",
-                    attr_obj: Literal["csp", "czsl"] = "csp", chunk_rows: int | None = None,
-                    chunk_cols: int | None = 8192) -> CZSLResult:
+def evaluate_scores(
+    scores: Any,
+    pairs: Any,
+    seen_mask: Any,
+    eval_mask: Any,
+    gt_pair: Any,
+    gt_attr: Any = None,
+    gt_obj: Any = None,
+    *,
+    exact: bool = True,
+    topk: int = 4,
+    dtype: str = "float32",
+    attr_obj: Literal["csp", "czsl"] = "csp",
+    chunk_rows: int | None = None,
+    chunk_cols: int | None = 8192,
+) -> CZSLResult:
     """Evaluate a dense ``N x P`` score matrix (numpy or torch, any device) by streaming it in blocks of
     ``chunk_rows x chunk_cols`` (``None`` = whole extent). Same arguments and result as
     :class:`StreamingEvaluator`; the numbers do not depend on the block sizes."""
-    ev = StreamingEvaluator(pairs, seen_mask, eval_mask, gt_pair, gt_attr, gt_obj, exact=exact, topk=topk,
-                            dtype=dtype, attr_obj=attr_obj)
+    ev = StreamingEvaluator(
+        pairs,
+        seen_mask,
+        eval_mask,
+        gt_pair,
+        gt_attr,
+        gt_obj,
+        exact=exact,
+        topk=topk,
+        dtype=dtype,
+        attr_obj=attr_obj,
+    )
     shape = tuple(scores.shape)
     if shape != (ev.prob.N, ev.prob.P):
-        raise DataFormatError(f"scores: expected shape ({ev.prob.N}, {ev.prob.P}) (samples x pairs), got {shape}")
+        raise DataFormatError(
+            f"scores: expected shape ({ev.prob.N}, {ev.prob.P}) (samples x pairs), got {shape}"
+        )
     for rs in _blocks(ev.prob.N, chunk_rows):
         for cs in _blocks(ev.prob.P, chunk_cols):
             ev.update(scores[rs, cs], rs, cs)
@@ -573,7 +646,9 @@ def evaluate_scores(scores: Any, pairs: Any, seen_mask: Any, eval_mask: Any, gt_
 # --------------------------------------------------------------------------------------------- open world
 
 
-def feasibility_thresholds(feasibility: Any, seen_mask: Any, eval_mask: Any = None, n: int = 50) -> np.ndarray:
+def feasibility_thresholds(
+    feasibility: Any, seen_mask: Any, eval_mask: Any = None, n: int = 50
+) -> np.ndarray:
     """``np.linspace(min, max, n)`` (float64) of the feasibility over the unseen columns (of the eval mask, if
     given): the reference's candidate thresholds (CSP excludes seen pairs with +-10 offsets)."""
     seen = _bool_vector(seen_mask, len(seen_mask), "seen_mask")
@@ -590,13 +665,15 @@ def feasibility_thresholds(feasibility: Any, seen_mask: Any, eval_mask: Any = No
 def _feasibility(feasibility: Any, p: int) -> np.ndarray:
     f = _np(feasibility, "feasibility")
     if f.shape != (p,) or not np.issubdtype(f.dtype, np.floating):
-        raise DataFormatError(f"feasibility: expected a float vector of shape ({p},) in pairs order, got "
-                              f"{f.dtype} {f.shape}")
+        raise DataFormatError(
+            f"feasibility: expected a float vector of shape ({p},) in pairs order, got {f.dtype} {f.shape}"
+        )
     return f
 
 
-def open_world_keep_mask(seen_mask: Any, feasibility: Any, threshold: float | None, eval_mask: Any = None
-                         ) -> np.ndarray:
+def open_world_keep_mask(
+    seen_mask: Any, feasibility: Any, threshold: float | None, eval_mask: Any = None
+) -> np.ndarray:
     """Columns kept at ``threshold``: every seen column, plus the unseen eval-mask columns (all columns if
     ``eval_mask`` is None) with ``feasibility >= threshold`` (compared in float64). ``threshold=None`` keeps every
     column. Use the result as ``eval_mask``: removed columns are excluded, not multiplied by 0."""
@@ -622,9 +699,21 @@ class ThresholdSearch(_Stream):
     :func:`feasibility_thresholds` with ``n_thresholds``).
     """
 
-    def __init__(self, pairs: Any, seen_mask: Any, feasibility: Any, gt_pair: Any, gt_attr: Any = None,
-                 gt_obj: Any = None, *, eval_mask: Any = None, thresholds: Any = None, n_thresholds: int = 50,
-                 dtype: str = "float32", attr_obj: Literal["csp", "czsl"] = "csp"):
+    def __init__(
+        self,
+        pairs: Any,
+        seen_mask: Any,
+        feasibility: Any,
+        gt_pair: Any,
+        gt_attr: Any = None,
+        gt_obj: Any = None,
+        *,
+        eval_mask: Any = None,
+        thresholds: Any = None,
+        n_thresholds: int = 50,
+        dtype: str = "float32",
+        attr_obj: Literal["csp", "czsl"] = "csp",
+    ):
         if attr_obj not in ("csp", "czsl"):
             raise ValueError(f"attr_obj: expected 'csp' or 'czsl', got {attr_obj!r}")
         p = _np(pairs, "pairs").shape[0]
@@ -647,8 +736,9 @@ class ThresholdSearch(_Stream):
         self.bv = np.full((prob.N, nb), -np.inf, self.dt)  # best unseen score per bucket
         self.bi = np.full((prob.N, nb), prob.P, np.int64)  # its first column
 
-    def _update_unseen(self, x: np.ndarray, r: Any, row_ids: np.ndarray, col_ids: np.ndarray,
-                       loc: np.ndarray) -> None:
+    def _update_unseen(
+        self, x: np.ndarray, r: Any, row_ids: np.ndarray, col_ids: np.ndarray, loc: np.ndarray
+    ) -> None:
         bk = self.bucket[col_ids[loc]]
         o = np.lexsort((col_ids[loc], bk))  # by bucket, then pairs order
         loc, bk = loc[o], bk[o]
@@ -692,6 +782,13 @@ class ThresholdSearch(_Stream):
         th = None if best is None else float(self.thresholds[best])
         keep = open_world_keep_mask(self.prob.seen, self.f, th, self.prob.eval)
         assert keep_all is not None
-        return ThresholdSearchResult(thresholds=self.thresholds.copy(), aucs=aucs, best_index=best, threshold=th,
-                                     best_auc=best_auc, keep_mask=keep,
-                                     val_result=keep_all if best is None else results[best], results=results)
+        return ThresholdSearchResult(
+            thresholds=self.thresholds.copy(),
+            aucs=aucs,
+            best_index=best,
+            threshold=th,
+            best_auc=best_auc,
+            keep_mask=keep,
+            val_result=keep_all if best is None else results[best],
+            results=results,
+        )

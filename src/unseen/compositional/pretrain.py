@@ -111,11 +111,21 @@ class CLIPPretrainConfig:
             raise bad("warmup", "must be in [0, steps]")
         if not 0 <= self.patch_dropout < 1:
             raise bad("patch_dropout", "must be in [0, 1)")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.weight_decay < 0 \
-                or self.state_weight < 0 or self.object_weight < 0:
-            raise bad("lr", "need lr > 0, 0 <= min_lr_ratio <= 1, weight_decay >= 0, state/object_weight >= 0")
-        for name, keys in (("pair_templates", ("{state}", "{object}")), ("state_templates", ("{state}",)),
-                           ("object_templates", ("{object}",))):
+        if (
+            self.lr <= 0
+            or not 0 <= self.min_lr_ratio <= 1
+            or self.weight_decay < 0
+            or self.state_weight < 0
+            or self.object_weight < 0
+        ):
+            raise bad(
+                "lr", "need lr > 0, 0 <= min_lr_ratio <= 1, weight_decay >= 0, state/object_weight >= 0"
+            )
+        for name, keys in (
+            ("pair_templates", ("{state}", "{object}")),
+            ("state_templates", ("{state}",)),
+            ("object_templates", ("{object}",)),
+        ):
             tpl = getattr(self, name)
             if not tpl or any(not all(k in t for k in keys) for t in tpl):
                 raise bad(name, f"need at least one template, each containing {' and '.join(keys)}")
@@ -132,7 +142,9 @@ def _load_images(paths: Sequence[Path]) -> Tensor:
         except FileNotFoundError:
             raise DataFormatError(f"{p}: image file not found") from None
     if len({a.shape for a in arrays}) > 1:
-        raise DataFormatError(f"{paths[0].parent}: images of different sizes {sorted({a.shape for a in arrays})}")
+        raise DataFormatError(
+            f"{paths[0].parent}: images of different sizes {sorted({a.shape for a in arrays})}"
+        )
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -199,14 +211,18 @@ def load_pretrain_data(world_root: str | os.PathLike[str], use_train_images: boo
     index = {p: i for i, p in enumerate(train_pairs)}
     bad = sorted({p for p in labels if p not in index})
     if bad:
-        raise DataFormatError(f"{list_path}: {len(bad)} pretraining pairs are not train pairs (e.g. {bad[:3]}); "
-                              "pretraining must never see val/test pairs")
+        raise DataFormatError(
+            f"{list_path}: {len(bad)} pretraining pairs are not train pairs (e.g. {bad[:3]}); "
+            "pretraining must never see val/test pairs"
+        )
     return PretrainData(
         images=_load_images(files),
         pair=np.asarray([index[p] for p in labels], np.int64),
         state=np.asarray([states.index(s) for s, _ in labels], np.int64),
         obj=np.asarray([objects.index(o) for _, o in labels], np.int64),
-        pairs=train_pairs, states=states, objects=objects,
+        pairs=train_pairs,
+        states=states,
+        objects=objects,
     )
 
 
@@ -215,8 +231,14 @@ class CaptionBank:
     """Pre-tokenised captions: row ``[template, pair]`` of ``pair_ids`` (T_p, P, L), state / object captions
     ``state_ids`` (T_s, A, L) / ``object_ids`` (T_o, O, L); L = the model's context length."""
 
-    def __init__(self, cfg: CLIPPretrainConfig, pairs: Sequence[tuple[str, str]], states: Sequence[str],
-                 objects: Sequence[str], context_length: int) -> None:
+    def __init__(
+        self,
+        cfg: CLIPPretrainConfig,
+        pairs: Sequence[tuple[str, str]],
+        states: Sequence[str],
+        objects: Sequence[str],
+        context_length: int,
+    ) -> None:
         def tok(texts: list[str]) -> Tensor:
             ids = tokenize(texts, context_length)
             too_long = [t for t in texts if len(get_tokenizer().encode(t)) + 2 > context_length]
@@ -224,12 +246,18 @@ class CaptionBank:
                 raise ValueError(f"captions longer than the context length {context_length}: {too_long[:3]}")
             return ids
 
-        self.pair_ids = torch.stack([tok([t.format(state=prompt_name(s), object=prompt_name(o)) for s, o in pairs])
-                                     for t in cfg.pair_templates])
-        self.state_ids = torch.stack([tok([t.format(state=prompt_name(s)) for s in states])
-                                      for t in cfg.state_templates])
-        self.object_ids = torch.stack([tok([t.format(object=prompt_name(o)) for o in objects])
-                                       for t in cfg.object_templates])
+        self.pair_ids = torch.stack(
+            [
+                tok([t.format(state=prompt_name(s), object=prompt_name(o)) for s, o in pairs])
+                for t in cfg.pair_templates
+            ]
+        )
+        self.state_ids = torch.stack(
+            [tok([t.format(state=prompt_name(s)) for s in states]) for t in cfg.state_templates]
+        )
+        self.object_ids = torch.stack(
+            [tok([t.format(object=prompt_name(o)) for o in objects]) for t in cfg.object_templates]
+        )
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -256,9 +284,17 @@ def _encode_text(model: nn.Module, ids: Tensor) -> Tensor:
     return F.normalize(model.encode_text(ids), dim=-1)
 
 
-def contrastive_loss(model: nn.Module, images: Tensor, pair: Tensor, state: Tensor, obj: Tensor,
-                     bank: CaptionBank, gen: torch.Generator, state_weight: float = 0.25,
-                     object_weight: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+def contrastive_loss(
+    model: nn.Module,
+    images: Tensor,
+    pair: Tensor,
+    state: Tensor,
+    obj: Tensor,
+    bank: CaptionBank,
+    gen: torch.Generator,
+    state_weight: float = 0.25,
+    object_weight: float = 1.0,
+) -> tuple[Tensor, dict[str, float]]:
     """The pretraining loss of one batch (module docstring). ``images``: normalised (B, 3, H, W); ``pair`` /
     ``state`` / ``obj``: int64 (B,) rows of the bank's pairs / states / objects; ``gen`` draws the templates."""
     scale = model.logit_scale.exp()
@@ -276,8 +312,9 @@ def contrastive_loss(model: nn.Module, images: Tensor, pair: Tensor, state: Tens
         n_s, n_o = bank.state_ids.shape[1], bank.object_ids.shape[1]
         ts = torch.randint(bank.state_ids.shape[0], (n_s,), generator=gen)
         to = torch.randint(bank.object_ids.shape[0], (n_o,), generator=gen)
-        prim = _encode_text(model, torch.cat([bank.state_ids[ts, torch.arange(n_s)],
-                                              bank.object_ids[to, torch.arange(n_o)]]))
+        prim = _encode_text(
+            model, torch.cat([bank.state_ids[ts, torch.arange(n_s)], bank.object_ids[to, torch.arange(n_o)]])
+        )
         ls = F.cross_entropy(scale * img @ prim[:n_s].T, state)
         lo = F.cross_entropy(scale * img @ prim[n_s:].T, obj)
         loss = loss + state_weight * ls + object_weight * lo
@@ -286,8 +323,13 @@ def contrastive_loss(model: nn.Module, images: Tensor, pair: Tensor, state: Tens
     return loss, logs
 
 
-def pretrain_clip(data: PretrainData, cfg: CLIPPretrainConfig | None = None, *, show_progress: bool = True,
-                  log_every: int = 0) -> tuple[nn.Module, list[dict[str, float]]]:
+def pretrain_clip(
+    data: PretrainData,
+    cfg: CLIPPretrainConfig | None = None,
+    *,
+    show_progress: bool = True,
+    log_every: int = 0,
+) -> tuple[nn.Module, list[dict[str, float]]]:
     """Train ``cfg.arch`` from random init on ``data``; return the model (eval mode, frozen) and per-step logs."""
     cfg = cfg or CLIPPretrainConfig()
     cfg.validate()
@@ -303,9 +345,13 @@ def pretrain_clip(data: PretrainData, cfg: CLIPPretrainConfig | None = None, *, 
 
         model.visual.patch_dropout = PatchDropout(cfg.patch_dropout)  # parameter-free; removed again below
     model.train()
-    size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size)
+    size = int(
+        model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    )
     if tuple(data.images.shape[2:]) != (size, size):
-        raise DataFormatError(f"pretraining images are {tuple(data.images.shape[2:])}, {cfg.arch} expects {size} px")
+        raise DataFormatError(
+            f"pretraining images are {tuple(data.images.shape[2:])}, {cfg.arch} expects {size} px"
+        )
     bank = CaptionBank(cfg, data.pairs, data.states, data.objects, int(model.positional_embedding.shape[0]))
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xC11]))
@@ -318,7 +364,7 @@ def pretrain_clip(data: PretrainData, cfg: CLIPPretrainConfig | None = None, *, 
     for step in progress(range(cfg.steps), enabled=show_progress, desc="pretraining tiny CLIP"):
         if pos + cfg.batch_size > n:
             order, pos = rng.permutation(n), 0
-        idx = torch.from_numpy(order[pos:pos + cfg.batch_size])
+        idx = torch.from_numpy(order[pos : pos + cfg.batch_size])
         pos += cfg.batch_size
         x = data.images[idx]
         if cfg.flip:
@@ -326,10 +372,17 @@ def pretrain_clip(data: PretrainData, cfg: CLIPPretrainConfig | None = None, *, 
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
-        loss, logs = contrastive_loss(model, normalise(x), torch.from_numpy(data.pair[idx.numpy()]),
-                                      torch.from_numpy(data.state[idx.numpy()]),
-                                      torch.from_numpy(data.obj[idx.numpy()]), bank, gen, cfg.state_weight,
-                                      cfg.object_weight)
+        loss, logs = contrastive_loss(
+            model,
+            normalise(x),
+            torch.from_numpy(data.pair[idx.numpy()]),
+            torch.from_numpy(data.state[idx.numpy()]),
+            torch.from_numpy(data.obj[idx.numpy()]),
+            bank,
+            gen,
+            cfg.state_weight,
+            cfg.object_weight,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -337,8 +390,12 @@ def pretrain_clip(data: PretrainData, cfg: CLIPPretrainConfig | None = None, *, 
             model.logit_scale.clamp_(0.0, max_scale)
         history.append(logs)
         if log_every and (step % log_every == 0 or step == cfg.steps - 1):
-            log.info("tiny CLIP step %d/%d: %s", step + 1, cfg.steps,
-                     " ".join(f"{k} {v:.3f}" for k, v in logs.items()))
+            log.info(
+                "tiny CLIP step %d/%d: %s",
+                step + 1,
+                cfg.steps,
+                " ".join(f"{k} {v:.3f}" for k, v in logs.items()),
+            )
     model.visual.patch_dropout = nn.Identity()
     model.eval()
     for p in model.parameters():
@@ -377,8 +434,9 @@ def _is_current(path: Path, key: str) -> bool:
         return False
 
 
-def pretrained_tiny_clip(world_root: str | os.PathLike[str], cfg: CLIPPretrainConfig | None = None, *,
-                         show_progress: bool = True) -> Path:
+def pretrained_tiny_clip(
+    world_root: str | os.PathLike[str], cfg: CLIPPretrainConfig | None = None, *, show_progress: bool = True
+) -> Path:
     """Path to CLIP weights pretrained on ``world_root``'s train pairs (built if missing or stale, then cached).
 
     The file is safetensors (written atomically) with metadata ``key`` (the cache key), ``config`` and
@@ -392,23 +450,51 @@ def pretrained_tiny_clip(world_root: str | os.PathLike[str], cfg: CLIPPretrainCo
         return out
     t0 = time.time()
     data = load_pretrain_data(world_root, cfg.use_train_images)
-    log.info("pretraining %s on %d images of %d train pairs (cached in %s)", cfg.arch, len(data.pair),
-             len(data.pairs), out)
+    log.info(
+        "pretraining %s on %d images of %d train pairs (cached in %s)",
+        cfg.arch,
+        len(data.pair),
+        len(data.pairs),
+        out,
+    )
     model, history = pretrain_clip(data, cfg, show_progress=show_progress)
-    summary = {"first_loss": history[0]["loss"], "last_loss": history[-1]["loss"],
-               "last_scale": history[-1]["scale"], "seconds": round(time.time() - t0, 1), "images": len(data.pair)}
-    save_safetensors(out, model.state_dict(), metadata={
-        "key": key, "version": PRETRAIN_VERSION, "config": json.dumps(to_dict(cfg)),
-        "world": str(Path(world_root).resolve()), "summary": json.dumps(summary)})
-    log.info("pretrained %s in %.0f s: loss %.3f -> %.3f", cfg.arch, summary["seconds"], summary["first_loss"],
-             summary["last_loss"])
+    summary = {
+        "first_loss": history[0]["loss"],
+        "last_loss": history[-1]["loss"],
+        "last_scale": history[-1]["scale"],
+        "seconds": round(time.time() - t0, 1),
+        "images": len(data.pair),
+    }
+    save_safetensors(
+        out,
+        model.state_dict(),
+        metadata={
+            "key": key,
+            "version": PRETRAIN_VERSION,
+            "config": json.dumps(to_dict(cfg)),
+            "world": str(Path(world_root).resolve()),
+            "summary": json.dumps(summary),
+        },
+    )
+    log.info(
+        "pretrained %s in %.0f s: loss %.3f -> %.3f",
+        cfg.arch,
+        summary["seconds"],
+        summary["first_loss"],
+        summary["last_loss"],
+    )
     return out
 
 
 # --------------------------------------------------------------------------------------------- measurement
 @torch.no_grad()
-def zero_shot_accuracy(model: nn.Module, world_root: str | os.PathLike[str], split: str = "test",
-                       template: str = ZERO_SHOT_TEMPLATE, batch_size: int = 256) -> dict[str, float]:
+def zero_shot_accuracy(
+    model: nn.Module,
+    world_root: str | os.PathLike[str],
+    split: str = "test",
+    template: str = ZERO_SHOT_TEMPLATE,
+    batch_size: int = 256,
+) -> dict[str, float]:
     """Closed-world zero-shot top-1 of a frozen CLIP on ``split`` ("val" | "test") of an exported world.
 
     Candidates = train pairs ∪ the split's pairs (czsl CW eval-mask), scores = cos(image, prompt) with the prompt
@@ -421,16 +507,23 @@ def zero_shot_accuracy(model: nn.Module, world_root: str | os.PathLike[str], spl
     train = _read_pairs(root / SPLIT_NAME / "train_pairs.txt")
     cands = sorted(set(train) | set(_read_pairs(root / SPLIT_NAME / f"{split}_pairs.txt")))
     index = {p: i for i, p in enumerate(cands)}
-    entries = [e for e in load_torch(root / f"metadata_{SPLIT_NAME}.t7")
-               if e["set"] == split and e["attr"] != NA and (e["attr"], e["obj"]) in index]
+    entries = [
+        e
+        for e in load_torch(root / f"metadata_{SPLIT_NAME}.t7")
+        if e["set"] == split and e["attr"] != NA and (e["attr"], e["obj"]) in index
+    ]
     images = _load_images([root / "images" / e["image"] for e in entries])
     y = torch.tensor([index[e["attr"], e["obj"]] for e in entries])
     seen = torch.tensor([(e["attr"], e["obj"]) in set(train) for e in entries])
     length = int(model.positional_embedding.shape[0])
     ids = tokenize([template.format(state=prompt_name(s), object=prompt_name(o)) for s, o in cands], length)
     txt = _encode_text(model, ids)
-    pred = torch.cat([(F.normalize(model.encode_image(normalise(images[i:i + batch_size])), dim=-1) @ txt.T).argmax(1)
-                      for i in range(0, len(entries), batch_size)])
+    pred = torch.cat(
+        [
+            (F.normalize(model.encode_image(normalise(images[i : i + batch_size])), dim=-1) @ txt.T).argmax(1)
+            for i in range(0, len(entries), batch_size)
+        ]
+    )
     correct = (pred == y).float()
     # czsl's "best unseen" view: unseen samples, only unseen candidates (the b -> +inf end of the bias sweep)
     unseen_cols = torch.tensor([p not in set(train) for p in cands])
@@ -443,8 +536,15 @@ def zero_shot_accuracy(model: nn.Module, world_root: str | os.PathLike[str], spl
         unseen_only = float("nan")
     ps = torch.tensor([cands[int(p)][0] == e["attr"] for p, e in zip(pred, entries)]).float()
     po = torch.tensor([cands[int(p)][1] == e["obj"] for p, e in zip(pred, entries)]).float()
-    return {"seen": float(correct[seen].mean()) if seen.any() else float("nan"),
-            "unseen": float(correct[~seen].mean()) if (~seen).any() else float("nan"),
-            "unseen_only": unseen_only, "unseen_candidates": int(unseen_cols.sum()),
-            "all": float(correct.mean()), "state": float(ps.mean()), "object": float(po.mean()),
-            "candidates": len(cands), "chance": 1.0 / len(cands), "images": len(entries)}
+    return {
+        "seen": float(correct[seen].mean()) if seen.any() else float("nan"),
+        "unseen": float(correct[~seen].mean()) if (~seen).any() else float("nan"),
+        "unseen_only": unseen_only,
+        "unseen_candidates": int(unseen_cols.sum()),
+        "all": float(correct.mean()),
+        "state": float(ps.mean()),
+        "object": float(po.mean()),
+        "candidates": len(cands),
+        "chance": 1.0 / len(cands),
+        "images": len(entries),
+    }

@@ -102,7 +102,9 @@ class RefinerConfig(ClipModelConfig):
     context_length_train: int = 8
     context_length_eval: int = 16
     text_checkpoint: bool = True  # activation checkpointing per text chunk while training
-    adapters: bool = False  # AdaptFormer adapters in every visual block (trainable; gradients through the tower)
+    adapters: bool = (
+        False  # AdaptFormer adapters in every visual block (trainable; gradients through the tower)
+    )
     adapter_dim: int = 64
     adapter_scale: float = 0.1
     visual_checkpoint: bool = True  # with adapters: activation checkpointing per visual block while training
@@ -110,18 +112,33 @@ class RefinerConfig(ClipModelConfig):
 
     def __post_init__(self) -> None:
         self._check_scale("tau")
-        self._check_positive("n_queries", "refine_blocks", "branch_heads", "branch_ff_mult", "refine_mlp_ratio",
-                             "text_chunk", "context_length_train", "context_length_eval", "adapter_dim")
+        self._check_positive(
+            "n_queries",
+            "refine_blocks",
+            "branch_heads",
+            "branch_ff_mult",
+            "refine_mlp_ratio",
+            "text_chunk",
+            "context_length_train",
+            "context_length_eval",
+            "adapter_dim",
+        )
         self._check_unit("query_dropout", "branch_dropout", "proj_dropout", "vocab_dropout")
         if self.query_pool not in ("mean", "max"):
-            raise ConfigError(f"model '{self.name}'.query_pool: expected one of mean, max, got {self.query_pool!r}")
+            raise ConfigError(
+                f"model '{self.name}'.query_pool: expected one of mean, max, got {self.query_pool!r}"
+            )
         if not 0.0 <= self.beta <= 1.0:
             raise ConfigError(f"model '{self.name}'.beta: expected a weight in [0, 1], got {self.beta}")
         if self.refine_heads < 0:
-            raise ConfigError(f"model '{self.name}'.refine_heads: expected >= 0 (0 = CLIP's), got {self.refine_heads}")
+            raise ConfigError(
+                f"model '{self.name}'.refine_heads: expected >= 0 (0 = CLIP's), got {self.refine_heads}"
+            )
         if self.cmt:
-            raise ConfigError(f"model '{self.name}'.cmt: Troika-style cross-modal traction is not implemented in "
-                              "Refiner-R (spec §2.6 option, off by default); set cmt: false")
+            raise ConfigError(
+                f"model '{self.name}'.cmt: Troika-style cross-modal traction is not implemented in "
+                "Refiner-R (spec §2.6 option, off by default); set cmt: false"
+            )
 
 
 # --------------------------------------------------------------------------------------------- layers
@@ -168,36 +185,53 @@ class Adapter(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- model
-@register_model("refiner", setting="compositional", config=RefinerConfig,
-                description="Refiner-R: learnable-query concept refinement + state/object/composition alignment")
+@register_model(
+    "refiner",
+    setting="compositional",
+    config=RefinerConfig,
+    description="Refiner-R: learnable-query concept refinement + state/object/composition alignment",
+)
 class Refiner(FrozenClipCZSL):
     """Refiner-R (module docstring). Trainable: queries, refinement layer, branch encoders/norm/projections, soft
     vocabulary, three contexts (and adapters / log-tau when switched on)."""
 
     trainable = True  # has tensors to train (the task code may skip training when False)
 
-    def __init__(self, cfg: RefinerConfig, clip_model: nn.Module, attr_names: Sequence[str],
-                 obj_names: Sequence[str]):
+    def __init__(
+        self, cfg: RefinerConfig, clip_model: nn.Module, attr_names: Sequence[str], obj_names: Sequence[str]
+    ):
         super().__init__(clip_model, attr_names, obj_names)
         self.cfg = cfg
         width, dim, layers = vision_width(clip_model), embed_dim(clip_model), vision_layers(clip_model)
         if cfg.refine_blocks > layers:
-            raise ConfigError(f"model '{cfg.name}'.refine_blocks: {cfg.refine_blocks} exceeds the {layers} blocks of "
-                              "the CLIP visual tower")
+            raise ConfigError(
+                f"model '{cfg.name}'.refine_blocks: {cfg.refine_blocks} exceeds the {layers} blocks of "
+                "the CLIP visual tower"
+            )
         heads = cfg.refine_heads or vision_heads(clip_model)
         for key, h in (("refine_heads", heads), ("branch_heads", cfg.branch_heads)):
             if width % h:
-                raise ConfigError(f"model '{cfg.name}'.{key}: {h} heads do not divide the vision width {width}")
+                raise ConfigError(
+                    f"model '{cfg.name}'.{key}: {h} heads do not divide the vision width {width}"
+                )
         self.width, self.dim = width, dim
 
         # visual side
         self.queries = nn.Parameter(torch.randn(cfg.n_queries, width))
         self.query_dropout = nn.Dropout(cfg.query_dropout)
         self.refine = RefinementLayer(width, heads, cfg.refine_mlp_ratio)
-        self.encoders = nn.ModuleDict({
-            k: nn.TransformerEncoderLayer(width, cfg.branch_heads, int(round(width * cfg.branch_ff_mult)),
-                                          cfg.branch_dropout, batch_first=True)
-            for k in BRANCHES})
+        self.encoders = nn.ModuleDict(
+            {
+                k: nn.TransformerEncoderLayer(
+                    width,
+                    cfg.branch_heads,
+                    int(round(width * cfg.branch_ff_mult)),
+                    cfg.branch_dropout,
+                    batch_first=True,
+                )
+                for k in BRANCHES
+            }
+        )
         self.branch_norm = nn.LayerNorm(width)
         self.projs = nn.ModuleDict({k: nn.Linear(width, dim) for k in BRANCHES})
         self.proj_dropout = nn.Dropout(cfg.proj_dropout)
@@ -205,7 +239,8 @@ class Refiner(FrozenClipCZSL):
             self._check_adaptable()
             self.adapters = nn.ModuleList(
                 nn.ModuleList([Adapter(width, cfg.adapter_dim, cfg.adapter_scale) for _ in range(2)])
-                for _ in range(layers))
+                for _ in range(layers)
+            )
 
         # text side
         names = list(attr_names) + list(obj_names)
@@ -235,8 +270,9 @@ class Refiner(FrozenClipCZSL):
         wanted = self.cfg.context_length_train if self.training else self.cfg.context_length_eval
         return _context_length(self.clip, wanted)
 
-    def encode_pairs(self, pairs: Tensor, chunk_size: int | None = None,
-                     primitives: TextCache | None = None) -> TextCache:
+    def encode_pairs(
+        self, pairs: Tensor, chunk_size: int | None = None, primitives: TextCache | None = None
+    ) -> TextCache:
         """Composition features of ``pairs`` (K, 2) and state / object features of the whole vocabularies (taken
         from ``primitives``, an earlier cache, when given: no re-encoding per candidate chunk)."""
         device = self.vocab.device
@@ -250,18 +286,25 @@ class Refiner(FrozenClipCZSL):
             row = template_ids(self.ctx_ids, n_slots, length).to(device)
 
             def chunk(start: int, stop: int) -> Tensor:
-                return encode_text(self.clip, row.expand(stop - start, -1),
-                                   [(1, ctx), (1 + n_ctx, slots(start, stop))])
+                return encode_text(
+                    self.clip, row.expand(stop - start, -1), [(1, ctx), (1 + n_ctx, slots(start, stop))]
+                )
 
             return encode_in_chunks(chunk, n, chunk_size, use_checkpoint=ckpt)
 
-        comp = run(len(pairs), 2, self.ctx["comp"], lambda s, e: torch.stack(
-            [vocab[pairs[s:e, 0]], vocab[self.n_attrs + pairs[s:e, 1]]], dim=1))
+        comp = run(
+            len(pairs),
+            2,
+            self.ctx["comp"],
+            lambda s, e: torch.stack([vocab[pairs[s:e, 0]], vocab[self.n_attrs + pairs[s:e, 1]]], dim=1),
+        )
         if primitives is not None and primitives.state is not None and primitives.obj is not None:
             state, obj = primitives.state, primitives.obj
         else:
             state = run(self.n_attrs, 1, self.ctx["state"], lambda s, e: vocab[s:e, None])
-            obj = run(self.n_objs, 1, self.ctx["obj"], lambda s, e: vocab[self.n_attrs + s:self.n_attrs + e, None])
+            obj = run(
+                self.n_objs, 1, self.ctx["obj"], lambda s, e: vocab[self.n_attrs + s : self.n_attrs + e, None]
+            )
         return TextCache(pairs=pairs, comp=comp, state=state, obj=obj)
 
     # ----------------------------------------------------------------------------------------- visual
@@ -269,12 +312,20 @@ class Refiner(FrozenClipCZSL):
         from open_clip.transformer import ResidualAttentionBlock
 
         v = self.clip.visual
-        ok = (all(type(b) is ResidualAttentionBlock for b in v.transformer.resblocks) and v.transformer.batch_first
-              and v.attn_pool is None and v.pool_type == "tok" and not v.final_ln_after_pool and v.proj is not None
-              and hasattr(v, "_embeds"))
+        ok = (
+            all(type(b) is ResidualAttentionBlock for b in v.transformer.resblocks)
+            and v.transformer.batch_first
+            and v.attn_pool is None
+            and v.pool_type == "tok"
+            and not v.final_ln_after_pool
+            and v.proj is not None
+            and hasattr(v, "_embeds")
+        )
         if not ok:
-            raise ConfigError(f"model '{self.cfg.name}'.adapters: supported on the standard open_clip ViT only "
-                              "(default residual blocks, class-token pooling, projection)")
+            raise ConfigError(
+                f"model '{self.cfg.name}'.adapters: supported on the standard open_clip ViT only "
+                "(default residual blocks, class-token pooling, projection)"
+            )
 
     def _visual_with_adapters(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """The visual tower re-run block by block with the adapters added in parallel to each attention and MLP
@@ -284,7 +335,10 @@ class Refiner(FrozenClipCZSL):
         x = v._embeds(images)
         keep_from = vision_layers(self.clip) - self.cfg.refine_blocks
         tokens = []
-        for i, (blk, (ad_attn, ad_mlp)) in enumerate(zip(v.transformer.resblocks, self.adapters, strict=True)):
+        for i, (blk, (ad_attn, ad_mlp)) in enumerate(
+            zip(v.transformer.resblocks, self.adapters, strict=True)
+        ):
+
             def step(x: Tensor, blk=blk, ad_attn=ad_attn, ad_mlp=ad_mlp) -> Tensor:
                 h = blk.ln_1(x)
                 x = x + blk.ls_1(blk.attention(q_x=h)) + ad_attn(h)
@@ -336,8 +390,11 @@ class Refiner(FrozenClipCZSL):
         if cache.state is None or cache.obj is None:
             raise ValueError("refiner: the text cache lacks state/object features (use Refiner.encode_pairs)")
         c = self.cfg
-        out = {"logits_comp": self._align(f.comp, cache.comp), "logits_state": self._align(f.state, cache.state),
-               "logits_obj": self._align(f.obj, cache.obj)}
+        out = {
+            "logits_comp": self._align(f.comp, cache.comp),
+            "logits_state": self._align(f.state, cache.state),
+            "logits_obj": self._align(f.obj, cache.obj),
+        }
         if c.global_branch:
             out["logits_global"] = self.tau.float() * f.image.float() @ cache.comp.float().t()
             scores = c.beta * out["logits_global"] + (1.0 - c.beta) * out["logits_comp"]
@@ -351,12 +408,16 @@ class Refiner(FrozenClipCZSL):
             out["attention"] = f.attention
         return out
 
-    def loss(self, out: dict[str, Tensor], attr: Tensor, obj: Tensor,
-             pair_target: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, out: dict[str, Tensor], attr: Tensor, obj: Tensor, pair_target: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
         """w_comp CE(l_c, pair) + w_global CE(l_g, pair) + w_state CE(l_s, attr) + w_obj CE(l_o, obj)."""
         c = self.cfg
-        terms = {"comp": (c.w_comp, out["logits_comp"], pair_target),
-                 "state": (c.w_state, out["logits_state"], attr), "obj": (c.w_obj, out["logits_obj"], obj)}
+        terms = {
+            "comp": (c.w_comp, out["logits_comp"], pair_target),
+            "state": (c.w_state, out["logits_state"], attr),
+            "obj": (c.w_obj, out["logits_obj"], obj),
+        }
         if c.global_branch:
             terms["global"] = (c.w_global, out["logits_global"], pair_target)
         total = out["logits_comp"].new_zeros(())

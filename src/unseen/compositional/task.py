@@ -68,7 +68,9 @@ class CZSLConfig:
     split: str = "compositional-split-natural"
     image_size: int = 224
     feasibility: str = ""  # feasibility_<dataset>.pt ({'feasibility': tensor over OW pairs}), or
-    glove: str = ""  # a GloVe text file (glove.6B.300d.txt) to compute CompCos feasibility; neither = no open world
+    glove: str = (
+        ""  # a GloVe text file (glove.6B.300d.txt) to compute CompCos feasibility; neither = no open world
+    )
     check_images: bool = True
 
 
@@ -79,7 +81,9 @@ class ShapesConfig:
     name: str = "shapes"
     root: str = ""  # default: $UNSEEN_CACHE/shapes-czsl-<hash>
     world: dict = field(default_factory=dict)  # CompositionalWorldConfig fields
-    pretrain: dict = field(default_factory=dict)  # CLIPPretrainConfig fields (the tiny CLIP, train pairs only)
+    pretrain: dict = field(
+        default_factory=dict
+    )  # CLIPPretrainConfig fields (the tiny CLIP, train pairs only)
 
 
 def _feasibility(data: CZSLData, feasibility: str, glove: str) -> np.ndarray | None:
@@ -95,11 +99,15 @@ def _feasibility(data: CZSLData, feasibility: str, glove: str) -> np.ndarray | N
 def prepare_czsl(cfg: CZSLConfig, model_cfg: Any = None) -> Prepared:
     """MIT-States / UT-Zappos / C-GQA from a czsl folder (pairs files + metadata .t7 + images)."""
     if not cfg.root:
-        raise ValueError("data.root: the dataset folder (with images/ and compositional-split-natural/) is required")
+        raise ValueError(
+            "data.root: the dataset folder (with images/ and compositional-split-natural/) is required"
+        )
     data = load_czsl(cfg.root, cfg.split, check_images=cfg.check_images)
     if data.missing_images:
-        raise FileNotFoundError(f"{cfg.root}: {len(data.missing_images)} images listed in the metadata are missing "
-                                f"(e.g. {data.missing_images[0]}); `unseen data check czsl --root {cfg.root}` lists them")
+        raise FileNotFoundError(
+            f"{cfg.root}: {len(data.missing_images)} images listed in the metadata are missing "
+            f"(e.g. {data.missing_images[0]}); `unseen data check czsl --root {cfg.root}` lists them"
+        )
     return Prepared(data, cfg.image_size, _feasibility(data, cfg.feasibility, cfg.glove))
 
 
@@ -119,7 +127,9 @@ def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
     if root is None:
         from unseen.io import cache_root
 
-        single_process_cache(cache_root() / f"shapes-czsl-{world_key(wcfg)}", cache_root(), "render the world")
+        single_process_cache(
+            cache_root() / f"shapes-czsl-{world_key(wcfg)}", cache_root(), "render the world"
+        )
     root = cached_compositional_world(wcfg, root or "")
     pcfg = build_dataclass(CLIPPretrainConfig, cfg.pretrain, "data.pretrain")
     weights = ""
@@ -127,8 +137,13 @@ def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
         single_process_cache(pretrained_path(root, pcfg), root, "pretrain the CLIP")
         weights = str(pretrained_tiny_clip(root, pcfg))
     data = load_czsl(root)
-    return Prepared(data, wcfg.image_size, _feasibility(data, "", str(root / "glove.txt")), weights,
-                    {"world": to_dict(wcfg), "pretrain": to_dict(pcfg)})
+    return Prepared(
+        data,
+        wcfg.image_size,
+        _feasibility(data, "", str(root / "glove.txt")),
+        weights,
+        {"world": to_dict(wcfg), "pretrain": to_dict(pcfg)},
+    )
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -137,8 +152,15 @@ def _pairs_tensor(attr: np.ndarray, obj: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def stream_scores(model: nn.Module, loader: DataLoader, pairs: torch.Tensor, evaluators: list[tuple[Any, np.ndarray]],
-                  device: torch.device, text_chunk: int, desc: str = "scoring") -> None:
+def stream_scores(
+    model: nn.Module,
+    loader: DataLoader,
+    pairs: torch.Tensor,
+    evaluators: list[tuple[Any, np.ndarray]],
+    device: torch.device,
+    text_chunk: int,
+    desc: str = "scoring",
+) -> None:
     """Score every image of ``loader`` against the candidate ``pairs`` (K x 2) and feed each evaluator its columns.
 
     ``evaluators``: (evaluator, columns) where ``columns[k]`` is the evaluator's column of candidate k (-1 = not one
@@ -157,8 +179,16 @@ def stream_scores(model: nn.Module, loader: DataLoader, pairs: torch.Tensor, eva
 
 
 def _result_dict(r: CZSLResult) -> dict[str, float]:
-    return {"AUC": r.auc, "HM": r.best_hm, "S": r.best_seen, "U": r.best_unseen, "attr": r.attr_acc,
-            "obj": r.obj_acc, "hm_seen": r.hm_seen, "hm_unseen": r.hm_unseen}
+    return {
+        "AUC": r.auc,
+        "HM": r.best_hm,
+        "S": r.best_seen,
+        "U": r.best_unseen,
+        "attr": r.attr_acc,
+        "obj": r.obj_acc,
+        "hm_seen": r.hm_seen,
+        "hm_unseen": r.hm_unseen,
+    }
 
 
 class CompositionalRun:
@@ -181,9 +211,12 @@ class CompositionalRun:
         m = self.cfg.model
         clip = create_clip(m.clip_arch, m.clip_weights or None, self.device)
         size = getattr(clip.visual, "image_size", self.prep.image_size)
-        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)  # the CLIP's input resolution
-        return create_model(m.name, m, "compositional", clip_model=clip, attr_names=self.data.attrs,
-                            obj_names=self.data.objs).to(self.device)
+        self.image_size = int(
+            size[0] if isinstance(size, (tuple, list)) else size
+        )  # the CLIP's input resolution
+        return create_model(
+            m.name, m, "compositional", clip_model=clip, attr_names=self.data.attrs, obj_names=self.data.objs
+        ).to(self.device)
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         ds = CZSLImageDataset(self.data, split, clip_transforms(self.image_size, train=train))
@@ -192,11 +225,24 @@ class CompositionalRun:
     # ---- evaluation
     def closed_world(self, model: nn.Module, split: str) -> CZSLResult:
         d = self.data
-        ev = StreamingEvaluator(_pairs_tensor(d.pair_attr, d.pair_obj).numpy(), d.seen_mask(), d.eval_mask(split),
-                                d.targets(split), d.split_data(split).attr, d.split_data(split).obj)
+        ev = StreamingEvaluator(
+            _pairs_tensor(d.pair_attr, d.pair_obj).numpy(),
+            d.seen_mask(),
+            d.eval_mask(split),
+            d.targets(split),
+            d.split_data(split).attr,
+            d.split_data(split).obj,
+        )
         cand = np.flatnonzero(d.eval_mask(split))
-        stream_scores(model, self.loader(split), _pairs_tensor(d.pair_attr[cand], d.pair_obj[cand]), [(ev, cand)],
-                      self.device, self.cfg.model.text_chunk, f"{split} (closed world)")
+        stream_scores(
+            model,
+            self.loader(split),
+            _pairs_tensor(d.pair_attr[cand], d.pair_obj[cand]),
+            [(ev, cand)],
+            self.device,
+            self.cfg.model.text_chunk,
+            f"{split} (closed world)",
+        )
         return ev.result()
 
     def open_world(self, model: nn.Module) -> tuple[CZSLResult, dict[str, Any]]:
@@ -207,17 +253,36 @@ class CompositionalRun:
         seen = d.seen_mask("open")
         all_pairs = _pairs_tensor(ow_attr, ow_obj)
         search = ThresholdSearch(ow_pairs, seen, f, d.targets("val", "open"), d.val.attr, d.val.obj)
-        stream_scores(model, self.loader("val"), all_pairs, [(search, np.arange(d.n_open_pairs))], self.device,
-                      self.cfg.model.text_chunk, "val (open world)")
+        stream_scores(
+            model,
+            self.loader("val"),
+            all_pairs,
+            [(search, np.arange(d.n_open_pairs))],
+            self.device,
+            self.cfg.model.text_chunk,
+            "val (open world)",
+        )
         th = search.result()
         keep = open_world_keep_mask(seen, f, th.threshold)
         ev = StreamingEvaluator(ow_pairs, seen, keep, d.targets("test", "open"), d.test.attr, d.test.obj)
         cols = np.flatnonzero(keep)
-        stream_scores(model, self.loader("test"), _pairs_tensor(ow_attr[cols], ow_obj[cols]), [(ev, cols)], self.device,
-                      self.cfg.model.text_chunk, "test (open world)")
-        info = {"threshold": th.threshold, "val_AUC": th.best_auc, "kept_unseen_pairs": int((keep & ~seen).sum()),
-                "unseen_pairs": int((~seen).sum()), "rule": "first best validation AUC over 50 feasibility thresholds; "
-                "infeasible unseen pairs excluded"}
+        stream_scores(
+            model,
+            self.loader("test"),
+            _pairs_tensor(ow_attr[cols], ow_obj[cols]),
+            [(ev, cols)],
+            self.device,
+            self.cfg.model.text_chunk,
+            "test (open world)",
+        )
+        info = {
+            "threshold": th.threshold,
+            "val_AUC": th.best_auc,
+            "kept_unseen_pairs": int((keep & ~seen).sum()),
+            "unseen_pairs": int((~seen).sum()),
+            "rule": "first best validation AUC over 50 feasibility thresholds; "
+            "infeasible unseen pairs excluded",
+        }
         return ev.result(), info
 
     def chance(self) -> dict[str, float]:
@@ -227,8 +292,12 @@ class CompositionalRun:
         out = {}
         for world in ("cw", "ow"):
             if world == "cw":
-                pairs, seen, mask, gt = (_pairs_tensor(d.pair_attr, d.pair_obj).numpy(), d.seen_mask(),
-                                         d.eval_mask("test"), d.targets("test"))
+                pairs, seen, mask, gt = (
+                    _pairs_tensor(d.pair_attr, d.pair_obj).numpy(),
+                    d.seen_mask(),
+                    d.eval_mask("test"),
+                    d.targets("test"),
+                )
             else:
                 pairs = np.stack(np.divmod(np.arange(d.n_open_pairs), d.n_objs), 1)
                 seen, gt = d.seen_mask("open"), d.targets("test", "open")
@@ -246,15 +315,23 @@ class CompositionalRun:
         model = self.build_model()
         if self.rank == 0:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-            atomic_write_json(self.run_dir / "vocab.json", {"attrs": d.attrs, "objs": d.objs,
-                                                            "pairs": [list(p) for p in d.pairs],
-                                                            "train_pairs": [list(p) for p in d.train_pairs],
-                                                            "image_size": self.image_size})
+            atomic_write_json(
+                self.run_dir / "vocab.json",
+                {
+                    "attrs": d.attrs,
+                    "objs": d.objs,
+                    "pairs": [list(p) for p in d.pairs],
+                    "train_pairs": [list(p) for p in d.train_pairs],
+                    "image_size": self.image_size,
+                },
+            )
         t0 = time.perf_counter()
         log.info("%s", d.summary())
         selection: dict[str, Any]
         if any(p.requires_grad for p in model.parameters()):
-            train_pairs = _pairs_tensor(d.pair_attr[d.train_to_closed], d.pair_obj[d.train_to_closed]).to(self.device)
+            train_pairs = _pairs_tensor(d.pair_attr[d.train_to_closed], d.pair_obj[d.train_to_closed]).to(
+                self.device
+            )
 
             def loss_fn(m: nn.Module, batch: Any, sub: Any) -> tuple[torch.Tensor, dict[str, float]]:
                 images, attr, obj, pair = batch
@@ -267,15 +344,29 @@ class CompositionalRun:
             engine = Engine(cfg.train, self.run_dir / "train", seed=cfg.seed)
             resume = self.resume and (self.run_dir / "train" / "last.state.pt").is_file()
             train_set = CZSLImageDataset(d, "train", clip_transforms(self.image_size, train=True))
-            fit = engine.fit(model, train_set, loss_fn, evaluate, select="AUC", epochs=cfg.train.epochs,
-                             resume=resume, meta={"config": json.dumps(to_dict(cfg))})
+            fit = engine.fit(
+                model,
+                train_set,
+                loss_fn,
+                evaluate,
+                select="AUC",
+                epochs=cfg.train.epochs,
+                resume=resume,
+                meta={"config": json.dumps(to_dict(cfg))},
+            )
             load_weights_nonstrict(model, self.run_dir / "train" / "best.safetensors")
             best = next((h for h in fit.history if h["epoch"] == fit.best_epoch), {})
-            selection = {"rule": "epoch with the best closed-world validation AUC (candidates: train + val pairs)",
-                         "epoch": fit.best_epoch, **{f"val_{k[4:]}": v for k, v in best.items() if k.startswith("val/")}}
+            selection = {
+                "rule": "epoch with the best closed-world validation AUC (candidates: train + val pairs)",
+                "epoch": fit.best_epoch,
+                **{f"val_{k[4:]}": v for k, v in best.items() if k.startswith("val/")},
+            }
         else:
             val = self.closed_world(model, "val")
-            selection = {"rule": "no training (zero-shot)", **{f"val_{k}": v for k, v in _result_dict(val).items()}}
+            selection = {
+                "rule": "no training (zero-shot)",
+                **{f"val_{k}": v for k, v in _result_dict(val).items()},
+            }
         cw = self.closed_world(model, "test")
         metrics = {f"cw/{k}": v for k, v in _result_dict(cw).items()}
         ow_info = None
@@ -292,9 +383,14 @@ class CompositionalRun:
             "open_world": ow_info,
             "ambiguous_samples_cw": cw.n_ambiguous,
             "chance": self.chance(),
-            "counts": {"attrs": d.n_attrs, "objs": d.n_objs, "train_pairs": len(d.train_pairs),
-                       "cw_pairs": d.n_pairs, "ow_pairs": d.n_open_pairs,
-                       "images": {"train": len(d.train), "val": len(d.val), "test": len(d.test)}},
+            "counts": {
+                "attrs": d.n_attrs,
+                "objs": d.n_objs,
+                "train_pairs": len(d.train_pairs),
+                "cw_pairs": d.n_pairs,
+                "ow_pairs": d.n_open_pairs,
+                "images": {"train": len(d.train), "val": len(d.val), "test": len(d.test)},
+            },
             "seed": cfg.seed,
             "config_hash": config_hash(cfg),
             "data_fingerprint": short_hash(d.summary() + json.dumps(d.pairs)),
@@ -312,8 +408,11 @@ class CompositionalRun:
         from unseen import report
 
         try:
-            report.plot_seen_unseen_curve(cw, self.run_dir / "plots" / "seen_unseen_curve.png",
-                                          title=f"{results['method']} on {results['dataset']}: closed-world test")
+            report.plot_seen_unseen_curve(
+                cw,
+                self.run_dir / "plots" / "seen_unseen_curve.png",
+                title=f"{results['method']} on {results['dataset']}: closed-world test",
+            )
             if hasattr(model, "encode_images") and self.cfg.model.name == "refiner":
                 self.plot_query_attention(model)
         except Exception as exc:  # a plot must never lose a finished run
@@ -342,10 +441,15 @@ class CompositionalRun:
         img = np.asarray(Image.open(path).convert("RGB").resize((self.image_size,) * 2), np.float32) / 255
         a_, o_ = d.test.attr[i], d.test.obj[i]
         # one row: the image, then one column per query (the strongest-peaked ones, last refinement step)
-        report.plot_attention_maps(img, [m[None] for m in maps], [f"query {q}" for q in top],
-                                   [f"{d.attrs[a_]}\n{d.objs[o_]}"], self.run_dir / "plots" / "query_attention.png",
-                                   title=f"Refiner-R queries (last refinement) on a test image of the unseen pair "
-                                         f"'{d.attrs[a_]} {d.objs[o_]}'")
+        report.plot_attention_maps(
+            img,
+            [m[None] for m in maps],
+            [f"query {q}" for q in top],
+            [f"{d.attrs[a_]}\n{d.objs[o_]}"],
+            self.run_dir / "plots" / "query_attention.png",
+            title=f"Refiner-R queries (last refinement) on a test image of the unseen pair "
+            f"'{d.attrs[a_]} {d.objs[o_]}'",
+        )
 
 
 def load_weights_nonstrict(model: nn.Module, path: Path) -> None:
@@ -368,7 +472,9 @@ def load_trained_model(run_dir: Path) -> tuple[nn.Module, RunConfig, dict]:
         raise FileNotFoundError(f"{weights}: the run has no final model (did it finish?)")
     m = cfg.model
     clip = create_clip(m.clip_arch, m.clip_weights or None)
-    model = create_model(m.name, m, "compositional", clip_model=clip, attr_names=vocab["attrs"], obj_names=vocab["objs"])
+    model = create_model(
+        m.name, m, "compositional", clip_model=clip, attr_names=vocab["attrs"], obj_names=vocab["objs"]
+    )
     load_weights_nonstrict(model, weights)
     return model.eval(), cfg, vocab
 
@@ -399,7 +505,9 @@ def predict_images(run_dir: Path, images: list[str], classes: str, topk: int) ->
     train = {tuple(p) for p in vocab["train_pairs"]}
     names = [f"{a} {o}" for a, o in pairs]
     keep = select_classes(names, [i for i, p in enumerate(pairs) if p in train], classes)
-    cand = torch.as_tensor([[attrs.index(pairs[i][0]), objs.index(pairs[i][1])] for i in keep], dtype=torch.long)
+    cand = torch.as_tensor(
+        [[attrs.index(pairs[i][0]), objs.index(pairs[i][1])] for i in keep], dtype=torch.long
+    )
     tf = clip_transforms(vocab["image_size"], train=False)
     cache = model.encode_pairs(cand, cfg.model.text_chunk)
     out = []
@@ -408,20 +516,41 @@ def predict_images(run_dir: Path, images: list[str], classes: str, topk: int) ->
         with torch.no_grad():
             s = model.score(model.encode_images(x), cache)["scores"][0]
         vals, idx = s.topk(min(topk, len(keep)))
-        out.append({"image": path, "top": [{"class": names[int(keep[i])], "score": float(v),
-                                            "seen": pairs[int(keep[i])] in train}
-                                           for v, i in zip(vals.tolist(), idx.tolist())]})
+        out.append(
+            {
+                "image": path,
+                "top": [
+                    {"class": names[int(keep[i])], "score": float(v), "seen": pairs[int(keep[i])] in train}
+                    for v, i in zip(vals.tolist(), idx.tolist())
+                ],
+            }
+        )
     return out
 
 
 DEMO_METHODS = ["demo_refiner", "demo_csp", "demo_zeroshot"]
-DEMO_TITLE = ("embedded compositional benchmark (%): closed world (CW) and open world (OW); AUC, best HM, best seen "
-              "S, best unseen U; state/object accuracy (CW, unbiased); epoch and OW threshold chosen on validation")
-DEMO_COLUMNS = [("method", "method"), ("cw/AUC", "CW AUC"), ("cw/HM", "HM"), ("cw/S", "S"), ("cw/U", "U"),
-                ("cw/attr", "state"), ("cw/obj", "object"), ("ow/AUC", "OW AUC"), ("ow/HM", "HM "), ("ow/S", "S "),
-                ("ow/U", "U "), ("time", "time")]
-DEMO_FOOTER = ("Refiner-R = our reconstruction of Refiner (no public code); the CLIP is a small hybrid ViT pretrained on "
-               "clean renders of the world's training pairs only (the benchmark's images are cluttered), then frozen.")
+DEMO_TITLE = (
+    "embedded compositional benchmark (%): closed world (CW) and open world (OW); AUC, best HM, best seen "
+    "S, best unseen U; state/object accuracy (CW, unbiased); epoch and OW threshold chosen on validation"
+)
+DEMO_COLUMNS = [
+    ("method", "method"),
+    ("cw/AUC", "CW AUC"),
+    ("cw/HM", "HM"),
+    ("cw/S", "S"),
+    ("cw/U", "U"),
+    ("cw/attr", "state"),
+    ("cw/obj", "object"),
+    ("ow/AUC", "OW AUC"),
+    ("ow/HM", "HM "),
+    ("ow/S", "S "),
+    ("ow/U", "U "),
+    ("time", "time"),
+]
+DEMO_FOOTER = (
+    "Refiner-R = our reconstruction of Refiner (no public code); the CLIP is a small hybrid ViT pretrained on "
+    "clean renders of the world's training pairs only (the benchmark's images are cluttered), then frozen."
+)
 
 
 def demo_rows(res: dict[str, Any], elapsed: str) -> list[dict[str, Any]]:

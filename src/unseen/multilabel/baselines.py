@@ -24,7 +24,9 @@ from unseen.multilabel.losses import biam_ranking_loss
 from unseen.registry import register_model
 
 
-def _rank_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, margin: float) -> tuple[torch.Tensor, dict]:
+def _rank_loss(
+    out: dict[str, torch.Tensor], labels: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, dict]:
     loss = biam_ranking_loss(out["scores"].float(), labels, margin)
     return loss, {"rank": float(loss.detach())}
 
@@ -43,11 +45,15 @@ class GlobalLinear(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.proj = nn.Linear(in_dim, embed_dim)
 
-    def forward(self, x: torch.Tensor, label_embeddings: torch.Tensor, cls: torch.Tensor | None = None) -> dict:
+    def forward(
+        self, x: torch.Tensor, label_embeddings: torch.Tensor, cls: torch.Tensor | None = None
+    ) -> dict:
         g = x.mean(1) if cls is None else cls
         return {"scores": self.proj(self.drop(g)) @ label_embeddings.to(x.dtype).T}
 
-    def loss(self, out: dict, labels: torch.Tensor, label_embeddings: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, out: dict, labels: torch.Tensor, label_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
         return _rank_loss(out, labels, self.cfg.margin)
 
 
@@ -95,13 +101,16 @@ class BiAM(nn.Module):
             raise ValueError(f"model.global_feature: '{cfg.global_feature}' is not one of mean_proj, cls")
         self.cfg, self.side = cfg, side
         d, m = cfg.dim, cfg.bn_momentum
-        self.stem = nn.Sequential(nn.Conv2d(in_dim, d, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(d, eps=1e-3, momentum=m))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_dim, d, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(d, eps=1e-3, momentum=m)
+        )
         self.region = _RegionContext(d, cfg.heads, cfg.dropout)
         self.global_in = nn.Sequential(nn.Linear(in_dim, cfg.global_dim), nn.ReLU())
         self.scene_qv = nn.Conv2d(d, d, 1)  # q and v share this conv (as in the release)
         self.scene_k = nn.Sequential(nn.Dropout(0.2), nn.Linear(cfg.global_dim, d))
-        self.scene_refine = nn.Sequential(nn.Conv2d(d, d, 3, padding=1), nn.ReLU(),
-                                          nn.BatchNorm2d(d, eps=1e-3, momentum=m))
+        self.scene_refine = nn.Sequential(
+            nn.Conv2d(d, d, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(d, eps=1e-3, momentum=m)
+        )
         self.fuse = nn.Conv2d(2 * d, 2 * d, 1)
         self.label_proj = nn.Linear(embed_dim, 2 * d)
 
@@ -124,23 +133,37 @@ class BiAM(nn.Module):
         e_f = F.leaky_relu(self.fuse(torch.cat([e_r, e_g], 1)), 0.2)
         return e_f.flatten(2).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, label_embeddings: torch.Tensor, cls: torch.Tensor | None = None) -> dict:
+    def forward(
+        self, x: torch.Tensor, label_embeddings: torch.Tensor, cls: torch.Tensor | None = None
+    ) -> dict:
         e = self.regions(x, cls)
         region_scores = e @ self.label_proj(label_embeddings.to(e.dtype)).T  # B x N x C
         k = min(self.cfg.top_k, region_scores.shape[1])
         return {"scores": region_scores.topk(k, dim=1).values.mean(1), "region_scores": region_scores}
 
-    def loss(self, out: dict, labels: torch.Tensor, label_embeddings: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, out: dict, labels: torch.Tensor, label_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
         return _rank_loss(out, labels, self.cfg.margin)
 
 
-@register_model("global_linear", setting="multilabel", config=GlobalLinearConfig,
-                description="mean-pooled regions projected onto label embeddings (sanity floor)")
-def build_global_linear(cfg: GlobalLinearConfig, in_dim: int, n_tokens: int, embed_dim: int, **_: object) -> GlobalLinear:
+@register_model(
+    "global_linear",
+    setting="multilabel",
+    config=GlobalLinearConfig,
+    description="mean-pooled regions projected onto label embeddings (sanity floor)",
+)
+def build_global_linear(
+    cfg: GlobalLinearConfig, in_dim: int, n_tokens: int, embed_dim: int, **_: object
+) -> GlobalLinear:
     return GlobalLinear(cfg, in_dim, embed_dim)
 
 
-@register_model("biam", setting="multilabel", config=BiAMConfig,
-                description="BiAM region + scene context attention, top-k region pooling")
+@register_model(
+    "biam",
+    setting="multilabel",
+    config=BiAMConfig,
+    description="BiAM region + scene context attention, top-k region pooling",
+)
 def build_biam(cfg: BiAMConfig, in_dim: int, n_tokens: int, embed_dim: int, **_: object) -> BiAM:
     return BiAM(cfg, in_dim, n_tokens, embed_dim)

@@ -136,7 +136,9 @@ def _check_unique(names: Sequence[str], path: Path | str, what: str) -> None:
         from collections import Counter
 
         dups = sorted(n for n, c in Counter(names).items() if c > 1)
-        raise DataFormatError(f"{path}: {what}: duplicate entries {dups[:5]}{' ...' if len(dups) > 5 else ''}")
+        raise DataFormatError(
+            f"{path}: {what}: duplicate entries {dups[:5]}{' ...' if len(dups) > 5 else ''}"
+        )
 
 
 def _as_names(obj: Any, path: Path, what: str) -> list[str]:
@@ -146,7 +148,9 @@ def _as_names(obj: Any, path: Path, what: str) -> list[str]:
             raise DataFormatError(f"{path}: {what}: expected a 1-D array of names, got shape {obj.shape}")
         obj = obj.tolist()
     if not isinstance(obj, (list, tuple)):
-        raise DataFormatError(f"{path}: {what}: expected a list or 1-D array of names, got {type(obj).__name__}")
+        raise DataFormatError(
+            f"{path}: {what}: expected a list or 1-D array of names, got {type(obj).__name__}"
+        )
     out: list[str] = []
     for i, x in enumerate(obj):
         if isinstance(x, (bytes, np.bytes_)):
@@ -172,7 +176,9 @@ def load_nus_wide_labels(root: str | os.PathLike[str]) -> LabelSpace:
     seen_idx = [i for i, t in enumerate(tags) if t not in concept_row]
     overlap = [i for i, t in enumerate(tags) if t in concept_row]
     if not seen_idx:
-        raise DataFormatError(f"{tags_path}: tags: every tag is also a concept of {concepts_path}: no seen labels")
+        raise DataFormatError(
+            f"{tags_path}: tags: every tag is also a concept of {concepts_path}: no seen labels"
+        )
     return LabelSpace(
         dataset="nus_wide",
         seen_names=[tags[i] for i in seen_idx],
@@ -197,7 +203,8 @@ def _read_glove_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 missing = [k for k in ("tags1k", "concepts81") if k not in z.files]
                 if missing:
                     raise DataFormatError(
-                        f"{path}: field(s) {missing} missing (expected 'tags1k' and 'concepts81'; found {z.files})")
+                        f"{path}: field(s) {missing} missing (expected 'tags1k' and 'concepts81'; found {z.files})"
+                    )
                 return np.asarray(z["tags1k"]), np.asarray(z["concepts81"])
         except DataFormatError:
             raise
@@ -205,9 +212,14 @@ def _read_glove_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise DataFormatError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from exc
     obj = safe_pickle_load(path)  # UnsafeFileError for anything but arrays/containers
     if not (isinstance(obj, (list, tuple)) and len(obj) == 2 and all(isinstance(a, np.ndarray) for a in obj)):
-        desc = f"{type(obj).__name__} of length {len(obj)}" if isinstance(obj, (list, tuple)) else type(obj).__name__
+        desc = (
+            f"{type(obj).__name__} of length {len(obj)}"
+            if isinstance(obj, (list, tuple))
+            else type(obj).__name__
+        )
         raise DataFormatError(
-            f"{path}: expected a list of two arrays [tags (1000, 300), concepts (81, 300)], got a {desc}")
+            f"{path}: expected a list of two arrays [tags (1000, 300), concepts (81, 300)], got a {desc}"
+        )
     return obj[0], obj[1]
 
 
@@ -230,11 +242,14 @@ def load_nus_wide_glove(
         raise ValueError(f"load_nus_wide_glove needs the NUS-WIDE label space, got {labels.dataset!r}")
     tags, concepts = _read_glove_arrays(path)
     width = dim if dim is not None else (tags.shape[1] if tags.ndim == 2 else -1)
-    for arr, role, n in ((tags, "tags", len(labels.seen_source_names)),
-                         (concepts, "concepts", len(labels.unseen_source_names))):
+    for arr, role, n in (
+        (tags, "tags", len(labels.seen_source_names)),
+        (concepts, "concepts", len(labels.unseen_source_names)),
+    ):
         if arr.ndim != 2 or arr.shape != (n, width):
             raise DataFormatError(
-                f"{path}: {role} vectors: expected shape ({n}, {width if width > 0 else 'D'}), got {arr.shape}")
+                f"{path}: {role} vectors: expected shape ({n}, {width if width > 0 else 'D'}), got {arr.shape}"
+            )
         if not np.issubdtype(arr.dtype, np.floating):
             raise DataFormatError(f"{path}: {role} vectors: expected floats, got dtype {arr.dtype}")
         if not np.isfinite(arr).all():
@@ -266,7 +281,8 @@ def _load_oi_unseen(root: Path) -> tuple[list[str], str]:
     if from_pkl is not None and from_txt is not None and from_pkl != from_txt:
         raise DataFormatError(
             f"{pkl}: unseen labels: disagree with {txt} ({len(from_pkl)} vs {len(from_txt)} entries"
-            f"{'' if len(from_pkl) != len(from_txt) else ', same count, different order or names'})")
+            f"{'' if len(from_pkl) != len(from_txt) else ', same count, different order or names'})"
+        )
     if from_pkl is not None:
         return from_pkl, str(pkl)
     assert from_txt is not None
@@ -283,14 +299,17 @@ def _read_index_csv(path: Path, n_source: int, what: str) -> np.ndarray:
         try:
             out.append(int(cell))
         except ValueError:
-            raise DataFormatError(f"{path}: {what}: line {lineno}: {cell!r} is not an integer index") from None
+            raise DataFormatError(
+                f"{path}: {what}: line {lineno}: {cell!r} is not an integer index"
+            ) from None
     if not out:
         raise DataFormatError(f"{path}: {what}: no indices in the file")
     idx = np.asarray(out, np.int64)
     bad = idx[(idx < 0) | (idx >= n_source)]
     if bad.size:
         raise DataFormatError(
-            f"{path}: {what}: indices must be 0-based in [0, {n_source}), got {bad[:5].tolist()}")
+            f"{path}: {what}: indices must be 0-based in [0, {n_source}), got {bad[:5].tolist()}"
+        )
     if len(np.unique(idx)) != len(idx):
         raise DataFormatError(f"{path}: {what}: duplicate indices")
     return idx
@@ -304,10 +323,14 @@ def load_class_descriptions(path: str | os.PathLike[str]) -> dict[str, str]:
         if not row or not "".join(row).strip():
             continue
         if len(row) != 2:
-            raise DataFormatError(f"{path}: line {lineno}: expected 2 columns MID,name, got {len(row)}: {row!r}")
+            raise DataFormatError(
+                f"{path}: line {lineno}: expected 2 columns MID,name, got {len(row)}: {row!r}"
+            )
         mid, name = row[0].strip(), row[1].strip()
         if mid in out and out[mid] != name:
-            raise DataFormatError(f"{path}: line {lineno}: MID {mid} described twice ({out[mid]!r}, {name!r})")
+            raise DataFormatError(
+                f"{path}: line {lineno}: MID {mid} described twice ({out[mid]!r}, {name!r})"
+            )
         out[mid] = name
     if not out:
         raise DataFormatError(f"{path}: the file is empty")
@@ -329,7 +352,8 @@ def load_open_images_labels(root: str | os.PathLike[str], *, descriptions: bool 
     if both:
         raise DataFormatError(
             f"{unseen_src}: unseen labels: {len(both)} also in {seen_path} (seen and unseen must be disjoint): "
-            f"{both[:5]}")
+            f"{both[:5]}"
+        )
     top = _read_index_csv(top_path, len(unseen_all), "unseen label indices")
     unseen = [unseen_all[i] for i in top]
     sources = {"seen": str(seen_path), "unseen_source": unseen_src, "unseen": str(top_path)}
@@ -400,7 +424,9 @@ def load_biam_names(path: str | os.PathLike[str], key: str | None = None) -> lis
         if isinstance(obj, dict):
             k = key or ("img_names" if "img_names" in obj else (next(iter(obj)) if len(obj) == 1 else None))
             if k is None or k not in obj:
-                raise DataFormatError(f"{path}: field '{key or 'img_names'}' missing (keys: {list(obj)[:10]})")
+                raise DataFormatError(
+                    f"{path}: field '{key or 'img_names'}' missing (keys: {list(obj)[:10]})"
+                )
             obj = obj[k]
         names = _as_names(obj, path, "image names")
     return [h5_name(n) for n in names]
@@ -409,7 +435,8 @@ def load_biam_names(path: str | os.PathLike[str], key: str | None = None) -> lis
 def _check_labels(lab: np.ndarray, path: Any, key: str, n: int | None) -> np.ndarray:
     if lab.ndim != 1 or (n is not None and lab.shape[0] != n):
         raise DataFormatError(
-            f"{path}: '{key}': expected a label vector of length {n if n is not None else 'L'}, got shape {lab.shape}")
+            f"{path}: '{key}': expected a label vector of length {n if n is not None else 'L'}, got shape {lab.shape}"
+        )
     if not (np.issubdtype(lab.dtype, np.integer) or np.issubdtype(lab.dtype, np.floating)):
         raise DataFormatError(f"{path}: '{key}': expected int8 labels in {{-1, 0, 1}}, got dtype {lab.dtype}")
     bad = ~np.isin(lab, LABEL_VALUES)
@@ -421,8 +448,10 @@ def _check_labels(lab: np.ndarray, path: Any, key: str, n: int | None) -> np.nda
 
 def _check_features(feat: np.ndarray, path: Any, key: str, shape: tuple[int, int]) -> np.ndarray:
     if feat.shape != tuple(shape):
-        raise DataFormatError(f"{path}: '{key}': expected features of shape {tuple(shape)} (channels x regions), "
-                              f"got {feat.shape}")
+        raise DataFormatError(
+            f"{path}: '{key}': expected features of shape {tuple(shape)} (channels x regions), "
+            f"got {feat.shape}"
+        )
     if not np.issubdtype(feat.dtype, np.floating):
         raise DataFormatError(f"{path}: '{key}': expected float32 features, got dtype {feat.dtype}")
     if not np.isfinite(feat).all():
@@ -487,7 +516,8 @@ class BiAMH5Dataset(Dataset):
                             if f"{n}-{suf}" not in keys:
                                 raise DataFormatError(
                                     f"{self.path}: key '{n}-{suf}' is missing (image {n!r}, expected "
-                                    f"'<name>-features' and '<name>-{suf}')")
+                                    f"'<name>-features' and '<name>-{suf}')"
+                                )
                 if self.names:  # fix unknown lengths from the first image
                     for j, suf in enumerate(self.label_keys):
                         if lens[j] is None:
@@ -497,7 +527,8 @@ class BiAMH5Dataset(Dataset):
                             shp = f[k].shape
                             if len(shp) != 1:
                                 raise DataFormatError(
-                                    f"{self.path}: '{k}': expected a label vector, got shape {shp}")
+                                    f"{self.path}: '{k}': expected a label vector, got shape {shp}"
+                                )
                             lens[j] = int(shp[0])
         except OSError as exc:
             raise DataFormatError(f"{self.path}: not a readable HDF5 file ({exc})") from exc
@@ -593,8 +624,10 @@ def write_biam_h5(
                 f.attrs[k] = v
             for item in items:
                 if len(item) not in (3, 4):
-                    raise ValueError(f"write_biam_h5: expected (name, features, labels[, extras]), got {len(item)} "
-                                     "elements")
+                    raise ValueError(
+                        f"write_biam_h5: expected (name, features, labels[, extras]), got {len(item)} "
+                        "elements"
+                    )
                 name, feat, labels = item[:3]
                 extras: Mapping[str, np.ndarray] = item[3] if len(item) == 4 else {}
                 key = h5_name(name)
@@ -609,7 +642,9 @@ def write_biam_h5(
                     f.create_dataset(f"{key}-{suf}", data=lab, compression=compression)
                 for suf, arr in extras.items():
                     if suf == "features" or suf in lab_map:
-                        raise ValueError(f"write_biam_h5: extra dataset '{key}-{suf}' clashes with a feature/label key")
+                        raise ValueError(
+                            f"write_biam_h5: extra dataset '{key}-{suf}' clashes with a feature/label key"
+                        )
                     arr = np.asarray(arr, dtype=np.float32)
                     if not np.isfinite(arr).all():
                         raise DataFormatError(f"{path}: '{key}-{suf}': contains NaN or inf")
@@ -657,7 +692,8 @@ def _check_nus(root: Path) -> list[str]:
         lines.append(
             f"  word vectors {fname}: tags {tags.shape}, concepts {concepts.shape}, {tags.dtype}; raw row norms "
             f"{norms.min():.2f}..{norms.max():.2f} (normalised at load); overlapping rows identical: "
-            f"{same}/{len(ls.overlap_source_index)}")
+            f"{same}/{len(ls.overlap_source_index)}"
+        )
     if len(loaded) == 2:
         (a, b), (c, d) = loaded.values()
         equal = a.shape == c.shape and b.shape == d.shape and np.array_equal(a, c) and np.array_equal(b, d)
@@ -680,7 +716,9 @@ def _check_oi(root: Path) -> list[str]:
     if "descriptions" in ls.sources:
         desc = load_class_descriptions(root / OI_DESCRIPTIONS_FILE)
         missing = sum(m not in desc for m in ls.names)
-        lines.append(f"  descriptions ({OI_DESCRIPTIONS_FILE}): {len(desc)} rows; labels without one: {missing}")
+        lines.append(
+            f"  descriptions ({OI_DESCRIPTIONS_FILE}): {len(desc)} rows; labels without one: {missing}"
+        )
     else:
         lines.append(f"  descriptions ({OI_DESCRIPTIONS_FILE}): absent (labels shown as MIDs)")
     return lines

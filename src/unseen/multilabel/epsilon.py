@@ -69,15 +69,24 @@ class Epsilon(nn.Module):
         _check_choice(cfg.loss, ("biam", "sdl"), "loss")
         _check_choice(cfg.reg, ("var_l1", "orth", "none"), "reg")
         if cfg.fusion == "prompt" and cfg.global_groups != cfg.groups:
-            raise ValueError("model.fusion=prompt mixes P and Q row by row: needs model.global_groups == model.groups")
+            raise ValueError(
+                "model.fusion=prompt mixes P and Q row by row: needs model.global_groups == model.groups"
+            )
         self.cfg, self.in_dim, self.n_tokens = cfg, in_dim, n_tokens
         d, D = cfg.dim, embed_dim
         self.stem = nn.Sequential(nn.Linear(in_dim, d), nn.LayerNorm(d))
         self.cls_stem = nn.Sequential(nn.Linear(in_dim, d), nn.LayerNorm(d))
         self.pos = nn.Parameter(torch.zeros(n_tokens, d)) if cfg.pos_embed else None
         self.group_tokens = nn.Parameter(torch.zeros(cfg.groups, d))
-        layer = nn.TransformerEncoderLayer(d, cfg.heads, int(d * cfg.mlp_ratio), cfg.dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d,
+            cfg.heads,
+            int(d * cfg.mlp_ratio),
+            cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.enc_norm = nn.LayerNorm(d)
         self.q = nn.Linear(d, d, bias=False)
@@ -86,18 +95,27 @@ class Epsilon(nn.Module):
         self.o = nn.Linear(d, d)
         self.prompt_norm = nn.LayerNorm(d)
         self.prompt_proj = nn.Linear(d, D)
-        self.gfp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Dropout(cfg.dropout),
-                                 nn.Linear(2 * d, cfg.global_groups * D))
+        self.gfp = nn.Sequential(
+            nn.LayerNorm(d),
+            nn.Linear(d, 2 * d),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(2 * d, cfg.global_groups * D),
+        )
         self.alpha = nn.Parameter(torch.zeros(()))
         for p in (self.pos, self.group_tokens):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
 
     # ---- stages (public so tests and plots can look inside)
-    def encode(self, x: torch.Tensor, cls: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, cls: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> group tokens GT' (B x G x d), tokens X' (B x N x d), global vector u (B x d)."""
         if x.dim() != 3 or x.shape[1:] != (self.n_tokens, self.in_dim):
-            raise ValueError(f"Epsilon expects tokens B x {self.n_tokens} x {self.in_dim}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"Epsilon expects tokens B x {self.n_tokens} x {self.in_dim}, got {tuple(x.shape)}"
+            )
         h = self.stem(x)
         if self.pos is not None:
             h = h + self.pos
@@ -128,8 +146,9 @@ class Epsilon(nn.Module):
         """GFP: B x d -> Q (B x G' x D)."""
         return self.gfp(u).view(u.shape[0], self.cfg.global_groups, -1)
 
-    def forward(self, x: torch.Tensor, label_embeddings: torch.Tensor,
-                cls: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, label_embeddings: torch.Tensor, cls: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         gt, tokens, u = self.encode(x, cls)
         P, attn = self.group(gt, tokens)
         Q = self.global_prompts(u)
@@ -141,25 +160,43 @@ class Epsilon(nn.Module):
             scores = a * s_loc + (1 - a) * s_glob
         else:
             scores = ((a * P + (1 - a) * Q) @ w.T).amax(1)
-        return {"scores": scores, "local": s_loc, "global": s_glob, "prompts": P, "global_prompts": Q,
-                "attention": attn}
+        return {
+            "scores": scores,
+            "local": s_loc,
+            "global": s_glob,
+            "prompts": P,
+            "global_prompts": Q,
+            "attention": attn,
+        }
 
-    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor,
-             label_embeddings: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, out: dict[str, torch.Tensor], labels: torch.Tensor, label_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.cfg
         s = out["scores"].float()
-        rank = (biam_ranking_loss(s, labels, c.margin) if c.loss == "biam"
-                else sdl_loss(s, labels, label_embeddings.float()))
+        rank = (
+            biam_ranking_loss(s, labels, c.margin)
+            if c.loss == "biam"
+            else sdl_loss(s, labels, label_embeddings.float())
+        )
         if c.reg == "none":
             reg = s.new_zeros(())
         else:
             f = variance_l1 if c.reg == "var_l1" else orthogonality
             reg = f(out["prompts"].float()) + f(out["global_prompts"].float())
-        logs = {"rank": float(rank.detach()), "reg": float(reg.detach()), "fusion_local": float(torch.sigmoid(self.alpha.detach()))}
+        logs = {
+            "rank": float(rank.detach()),
+            "reg": float(reg.detach()),
+            "fusion_local": float(torch.sigmoid(self.alpha.detach())),
+        }
         return rank + c.lambda_reg * reg, logs
 
 
-@register_model("epsilon", setting="multilabel", config=EpsilonConfig,
-                description="Epsilon-R: group prompts aggregation + global forward propagation (reconstruction)")
+@register_model(
+    "epsilon",
+    setting="multilabel",
+    config=EpsilonConfig,
+    description="Epsilon-R: group prompts aggregation + global forward propagation (reconstruction)",
+)
 def build_epsilon(cfg: EpsilonConfig, in_dim: int, n_tokens: int, embed_dim: int, **_: object) -> Epsilon:
     return Epsilon(cfg, in_dim, n_tokens, embed_dim)

@@ -79,8 +79,13 @@ class Extractor:
         then :meth:`normalize` per batch, which is the same computation."""
         from torchvision import transforms as T
 
-        return T.Compose([T.Resize((self.image_size, self.image_size), interpolation=T.InterpolationMode.BILINEAR),
-                          T.ToTensor(), T.Normalize(self.mean, self.std)])
+        return T.Compose(
+            [
+                T.Resize((self.image_size, self.image_size), interpolation=T.InterpolationMode.BILINEAR),
+                T.ToTensor(),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
 
     def load_image(self, path: str | os.PathLike[str]) -> torch.Tensor:
         """uint8 tensor 3 x S x S: the RGB image resized (PIL bilinear) to image_size x image_size."""
@@ -113,11 +118,19 @@ def _canonical(backbone: str) -> str:
         return f"vit:{DEFAULT_VIT}"
     if b in ("vgg19", "tiny") or (b.startswith("vit:") and len(b) > 4):
         return b
-    raise ValueError(f"unknown extraction backbone {backbone!r}; expected one of vgg19, tiny, vit or vit:<timm model>")
+    raise ValueError(
+        f"unknown extraction backbone {backbone!r}; expected one of vgg19, tiny, vit or vit:<timm model>"
+    )
 
 
-def build_extractor(backbone: str = "vgg19", weights: str | os.PathLike[str] | None = None, image_size: int = 224,
-                    *, tiny_widths: Sequence[int] | None = None, device: str | torch.device = "cpu") -> Extractor:
+def build_extractor(
+    backbone: str = "vgg19",
+    weights: str | os.PathLike[str] | None = None,
+    image_size: int = 224,
+    *,
+    tiny_widths: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+) -> Extractor:
     """An :class:`Extractor` (eval mode, on ``device``). ``weights``: a local file, else random initialisation."""
     name = _canonical(backbone)
     if image_size < 16:
@@ -177,8 +190,10 @@ def _check_images(root: Path, rels: Sequence[str]) -> None:
     missing = [r for r in rels if not (root / r).is_file()]
     if missing:
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise DataFormatError(f"{root}: {len(missing)} of {len(rels)} images not found: "
-                              f"{', '.join(repr(m) for m in missing[:5])}{more}")
+        raise DataFormatError(
+            f"{root}: {len(missing)} of {len(rels)} images not found: "
+            f"{', '.join(repr(m) for m in missing[:5])}{more}"
+        )
 
 
 # --------------------------------------------------------------------------------------------- extract
@@ -215,8 +230,10 @@ def extract_h5(
     if not overwrite:
         for p in (out, side):
             if p.exists():
-                raise FileExistsError(f"{p}: already exists; refusing to overwrite it (pass overwrite=True, or "
-                                      "--overwrite on the command line, or choose another output path)")
+                raise FileExistsError(
+                    f"{p}: already exists; refusing to overwrite it (pass overwrite=True, or "
+                    "--overwrite on the command line, or choose another output path)"
+                )
     items = list(items)
     if not items:
         raise ValueError("extract_h5: no images to extract (items is empty)")
@@ -232,7 +249,9 @@ def extract_h5(
     _check_images(root, rels)
     ext = extractor or build_extractor(backbone, weights, image_size, tiny_widths=tiny_widths, device=device)
     dev = next(ext.module.parameters()).device
-    loader = DataLoader(_ImageFiles(root, rels, ext), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(
+        _ImageFiles(root, rels, ext), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
     batches = iter(progress(loader, desc=progress_desc or f"extracting {out.name}"))
 
     def run(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
@@ -255,15 +274,19 @@ def extract_h5(
             done = i >= len(items)
 
     meta = provenance(
-        ext.name, ext.module, ext.transform, rels,
+        ext.name,
+        ext.module,
+        ext.transform,
+        rels,
         sidecar_version=SIDECAR_VERSION,
         layer=ext.layer,
         resolution=ext.image_size,
         resize="bilinear to resolution x resolution, no crop",
-        mean=list(ext.mean), std=list(ext.std),
+        mean=list(ext.mean),
+        std=list(ext.std),
         feature_shape=[C, N],
         layout="<name>-features float32 (C, N) channels x regions, row-major grid; <name>-<label suffix> int8"
-               + ("; <name>-cls float32 (C,)" if has_cls else ""),
+        + ("; <name>-cls float32 (C,)" if has_cls else ""),
         has_cls=has_cls,
         options=ext.options,
         weights_file=ext.weights_file,
@@ -273,8 +296,13 @@ def extract_h5(
     )
     if overwrite and side.exists():
         side.unlink()  # never leave the old provenance next to new features
-    attrs = {"backbone": ext.name, "resolution": ext.image_size, "weights_sha256": meta["weights_sha256"],
-             "layer": ext.layer, "provenance": json.dumps(meta)}
+    attrs = {
+        "backbone": ext.name,
+        "resolution": ext.image_size,
+        "weights_sha256": meta["weights_sha256"],
+        "layer": ext.layer,
+        "provenance": json.dumps(meta),
+    }
     write_biam_h5(out, rows(), feature_shape=(C, N), attrs=attrs, compression=compression)
     atomic_write_json(side, meta)
     return out
@@ -283,9 +311,12 @@ def extract_h5(
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def extract_items(image_root: str | os.PathLike[str], image_list: str | os.PathLike[str] | None = None,
-                  labels: str | os.PathLike[str] | None = None,
-                  unseen_labels: str | os.PathLike[str] | None = None) -> list[tuple[str, Any]]:
+def extract_items(
+    image_root: str | os.PathLike[str],
+    image_list: str | os.PathLike[str] | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    unseen_labels: str | os.PathLike[str] | None = None,
+) -> list[tuple[str, Any]]:
     """The ``items`` of :func:`extract_h5` from files (what ``unseen extract`` reads).
 
     ``image_list``: a text file with one image path per line, relative to ``image_root`` (default: every image file
@@ -311,8 +342,10 @@ def extract_items(image_root: str | os.PathLike[str], image_list: str | os.PathL
     def load(path: str | os.PathLike[str], what: str) -> np.ndarray:
         arr = np.load(Path(path), allow_pickle=False)
         if arr.ndim != 2 or arr.shape[0] != len(rels):
-            raise DataFormatError(f"{path}: {what} must be a 2-D array with one row per image ({len(rels)} rows from "
-                                  f"{where}), got shape {arr.shape}")
+            raise DataFormatError(
+                f"{path}: {what} must be a 2-D array with one row per image ({len(rels)} rows from "
+                f"{where}), got shape {arr.shape}"
+            )
         return arr
 
     if labels is None:
@@ -323,7 +356,10 @@ def extract_items(image_root: str | os.PathLike[str], image_list: str | os.PathL
     if unseen_labels is None:
         return [(r, seen[i]) for i, r in enumerate(rels)]
     unseen = load(unseen_labels, "unseen labels")
-    return [(r, {"labels": np.concatenate([seen[i], unseen[i]]), "labels_81": unseen[i]}) for i, r in enumerate(rels)]
+    return [
+        (r, {"labels": np.concatenate([seen[i], unseen[i]]), "labels_81": unseen[i]})
+        for i, r in enumerate(rels)
+    ]
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -362,18 +398,31 @@ def load_extractor(sidecar: str | os.PathLike[str], device: str | torch.device =
     meta = read_sidecar(sidecar)
     wfile = meta.get("weights_file")
     if not wfile:
-        raise ValueError(f"{sidecar}: the features were extracted with randomly initialised {meta['backbone']} "
-                         "weights (no weights file), so they cannot be reproduced for new images")
+        raise ValueError(
+            f"{sidecar}: the features were extracted with randomly initialised {meta['backbone']} "
+            "weights (no weights file), so they cannot be reproduced for new images"
+        )
     opts = meta.get("options") or {}
-    ext = build_extractor(meta["backbone"], wfile, int(meta["resolution"]), tiny_widths=opts.get("tiny_widths"),
-                          device=device)
+    ext = build_extractor(
+        meta["backbone"], wfile, int(meta["resolution"]), tiny_widths=opts.get("tiny_widths"), device=device
+    )
     got = state_dict_hash(ext.module)
     if got != meta["weights_sha256"]:
-        raise ValueError(f"{wfile}: weights hash {got} differs from {meta['weights_sha256']} recorded in {sidecar}: "
-                         "the file changed since the features were extracted")
+        raise ValueError(
+            f"{wfile}: weights hash {got} differs from {meta['weights_sha256']} recorded in {sidecar}: "
+            "the file changed since the features were extracted"
+        )
     return ImageFeaturizer(ext, device)
 
 
-__all__ = ["BACKBONES", "Extractor", "ImageFeaturizer", "build_extractor", "extract_h5", "extract_items",
-           "load_extractor",
-           "read_sidecar", "sidecar_path"]
+__all__ = [
+    "BACKBONES",
+    "Extractor",
+    "ImageFeaturizer",
+    "build_extractor",
+    "extract_h5",
+    "extract_items",
+    "load_extractor",
+    "read_sidecar",
+    "sidecar_path",
+]

@@ -62,4 +62,4 @@ def orthogonality(rows: torch.Tensor) -> torch.Tensor:
     g = r @ r.transpose(1, 2)
     G = rows.shape[1]
     off = g - torch.diag_embed(torch.diagonal(g, dim1=1, dim2=2))
-    return (off ** 2).sum((1, 2)).mean() / max(G * (G - 1), 1)
+    return (off**2).sum((1, 2)).mean() / max(G * (G - 1), 1)

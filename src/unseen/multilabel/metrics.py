@@ -149,7 +149,9 @@ def _row_blocks(n: int, size: int) -> Iterator[slice]:
         yield slice(r0, min(n, r0 + size))
 
 
-def _auto_chunk(n_other: int, chunk_size: int | None, n_max: int, what: str, budget: int | None = None) -> int:
+def _auto_chunk(
+    n_other: int, chunk_size: int | None, n_max: int, what: str, budget: int | None = None
+) -> int:
     """``chunk_size`` checked, or by default ``budget`` (default ``_BLOCK_ENTRIES``) entries // ``n_other``;
     clipped to ``1..n_max``."""
     if chunk_size is None:
@@ -162,20 +164,26 @@ def _auto_chunk(n_other: int, chunk_size: int | None, n_max: int, what: str, bud
 def _raise_bad_labels(yb: np.ndarray, rows: slice) -> None:
     bad = (yb != 1) & (yb != 0) & (yb != -1)
     r, c = np.argwhere(bad)[0]
-    raise ValueError(f"labels must only contain -1, 0 or +1 (0 = not annotated); found {yb[r, c].item()!r} at "
-                     f"row {rows.start + r}, column {c} ({int(bad.sum())} bad entries in rows "
-                     f"{rows.start}..{rows.stop - 1})")
+    raise ValueError(
+        f"labels must only contain -1, 0 or +1 (0 = not annotated); found {yb[r, c].item()!r} at "
+        f"row {rows.start + r}, column {c} ({int(bad.sum())} bad entries in rows "
+        f"{rows.start}..{rows.stop - 1})"
+    )
 
 
 def _check_finite(s: np.ndarray, rows: slice) -> None:
     """Raise if a score in ``s[rows]`` is nan or +-inf."""
     sb = s[rows]
-    if np.isfinite(sb.sum()):  # one fast pass; nan / inf make the sum non-finite (so may an overflow: checked)
+    if np.isfinite(
+        sb.sum()
+    ):  # one fast pass; nan / inf make the sum non-finite (so may an overflow: checked)
         return
     fin = np.isfinite(sb)
     if not fin.all():
         r, c = np.argwhere(~fin)[0]
-        raise ValueError(f"scores must be finite; found {float(sb[r, c])!r} at row {rows.start + r}, column {c}")
+        raise ValueError(
+            f"scores must be finite; found {float(sb[r, c])!r} at row {rows.start + r}, column {c}"
+        )
 
 
 def _flat_nonzero(a: np.ndarray) -> np.ndarray:
@@ -204,10 +212,14 @@ def _prepare(scores: Any, labels: Any) -> _Inputs:
     if y.ndim != 2:
         raise ValueError(f"labels: expected an N x C matrix, got shape {y.shape}")
     if tuple(scores.shape) != y.shape:
-        raise ValueError(f"scores and labels must have the same shape, got scores {tuple(scores.shape)} and "
-                         f"labels {y.shape}")
+        raise ValueError(
+            f"scores and labels must have the same shape, got scores {tuple(scores.shape)} and "
+            f"labels {y.shape}"
+        )
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-        raise ValueError(f"labels: expected an integer matrix with values in {{-1, 0, +1}}, got dtype {y.dtype}")
+        raise ValueError(
+            f"labels: expected an integer matrix with values in {{-1, 0, +1}}, got dtype {y.dtype}"
+        )
     s = _scores_tensor(scores)
     s_np = s.numpy()  # shares memory
     N, C = y.shape
@@ -252,8 +264,10 @@ def _prepare(scores: Any, labels: Any) -> _Inputs:
         n_annotated += int(np.count_nonzero(yb))
     entries = None
     if flat is not None:
-        entries = (np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64),
-                   np.concatenate(lab) if lab else np.zeros(0, dtype=np.int8))
+        entries = (
+            np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64),
+            np.concatenate(lab) if lab else np.zeros(0, dtype=np.int8),
+        )
     return _Inputs(s, y8, _from_numpy(y8), has_pos, n_true, n_annotated, entries)
 
 
@@ -380,8 +394,9 @@ def _ap_dense(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ap, n_pos
 
 
-def _average_precision(d: _Inputs, keep: np.ndarray | None,
-                       chunk_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _average_precision(
+    d: _Inputs, keep: np.ndarray | None, chunk_size: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     N, C = d.y.shape
     n = N if keep is None else keep.size
     s = d.s.numpy()  # shares memory
@@ -491,8 +506,9 @@ def _sort_tp(s: np.ndarray, y: np.ndarray, ks: tuple[int, ...]) -> list[int]:
     return tps
 
 
-def _prf_at_k(d: _Inputs, keep: np.ndarray | None, ks: tuple[int, ...],
-              chunk_size: int | None) -> dict[str, float]:
+def _prf_at_k(
+    d: _Inputs, keep: np.ndarray | None, ks: tuple[int, ...], chunk_size: int | None
+) -> dict[str, float]:
     N, C = d.y.shape
     n = N if keep is None else keep.size
     rb = _auto_chunk(C, chunk_size, n, "chunk_size")
@@ -535,8 +551,15 @@ def average_precision(scores: Any, labels: Any, *, chunk_size: int | None = None
     return _average_precision(d, None, chunk_size)[0]
 
 
-def mean_average_precision(scores: Any, labels: Any, *, weighted: bool = False, biam_compat: bool = False,
-                           image_filter: str = "all", chunk_size: int | None = None) -> dict[str, Any]:
+def mean_average_precision(
+    scores: Any,
+    labels: Any,
+    *,
+    weighted: bool = False,
+    biam_compat: bool = False,
+    image_filter: str = "all",
+    chunk_size: int | None = None,
+) -> dict[str, Any]:
     """mAP over the classes with >= 1 positive among the kept images (section 7.2).
 
     Returns ``{"mAP", "n_excluded", "per_class", "n_positives", "n_images"}``: ``per_class`` = AP per class
@@ -552,8 +575,14 @@ def mean_average_precision(scores: Any, labels: Any, *, weighted: bool = False, 
     return out
 
 
-def precision_recall_f1_at_k(scores: Any, labels: Any, ks: int | Sequence[int] = (3, 5), *,
-                             image_filter: str = "all", chunk_size: int | None = None) -> dict[str, float]:
+def precision_recall_f1_at_k(
+    scores: Any,
+    labels: Any,
+    ks: int | Sequence[int] = (3, 5),
+    *,
+    image_filter: str = "all",
+    chunk_size: int | None = None,
+) -> dict[str, float]:
     """Overall (micro) ``P@K``, ``R@K``, ``F1@K`` for every K (section 7.3); keys ``"P@3"``, ``"R@3"``, ...
 
     ``chunk_size`` = rows per block (default: about 8M entries per block). ``K > C`` is rejected.
@@ -564,9 +593,17 @@ def precision_recall_f1_at_k(scores: Any, labels: Any, ks: int | Sequence[int] =
     return _prf_at_k(d, keep, ks_t, chunk_size)
 
 
-def evaluate_multilabel(scores: Any, labels: Any, *, ks: int | Sequence[int] = (3, 5), image_filter: str = "all",
-                        chunk_size: int | None = None, row_chunk_size: int | None = None,
-                        weighted: bool = False, biam_compat: bool = False) -> dict[str, Any]:
+def evaluate_multilabel(
+    scores: Any,
+    labels: Any,
+    *,
+    ks: int | Sequence[int] = (3, 5),
+    image_filter: str = "all",
+    chunk_size: int | None = None,
+    row_chunk_size: int | None = None,
+    weighted: bool = False,
+    biam_compat: bool = False,
+) -> dict[str, Any]:
     """mAP and P/R/F1@K on one label space and image set (validated and filtered once).
 
     Returns ``{"mAP", "n_excluded", "P@k", "R@k", "F1@k" (every k), "n_images"}``. ``chunk_size`` = columns per

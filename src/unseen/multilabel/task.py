@@ -96,12 +96,16 @@ def _feature_shape(path: Path) -> tuple[int, int]:
     return int(shp[0]), int(shp[1])
 
 
-def _load_split(paths: list[Path], names: list[str] | None, preload: str,
-                label_kwargs: dict[str, Any]) -> tuple[Dataset, list[str]]:
+def _load_split(
+    paths: list[Path], names: list[str] | None, preload: str, label_kwargs: dict[str, Any]
+) -> tuple[Dataset, list[str]]:
     """One or several BiAM h5 files (Open Images shards) -> (one dataset, its image names), in memory when small
     enough (``preload``)."""
     shape = _feature_shape(paths[0])
-    parts = [BiAMH5Dataset(p, names if len(paths) == 1 else None, feature_shape=shape, **label_kwargs) for p in paths]
+    parts = [
+        BiAMH5Dataset(p, names if len(paths) == 1 else None, feature_shape=shape, **label_kwargs)
+        for p in paths
+    ]
     n = sum(len(p) for p in parts)
     all_names = [name for p in parts for name in p.names]
     size = n * shape[0] * shape[1] * 4
@@ -162,8 +166,9 @@ class MultilabelData:
     sources: dict[str, str] = field(default_factory=dict)
 
 
-def _split_train_val(ds: Dataset, labels: np.ndarray, val_fraction: float, drop_no_positive: bool,
-                     max_positives: int = 0) -> tuple[Dataset, Dataset, dict[str, int]]:
+def _split_train_val(
+    ds: Dataset, labels: np.ndarray, val_fraction: float, drop_no_positive: bool, max_positives: int = 0
+) -> tuple[Dataset, Dataset, dict[str, int]]:
     n = len(labels)
     n_train = int(round(n * (1.0 - val_fraction)))
     tr = np.arange(n_train)
@@ -193,7 +198,9 @@ class NusWideConfig:
     glove: str = ""  # default: root/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300 or the .npz
     train_h5: str = ""  # default: root/nus_wide_train.h5 (labels: the 925 seen)
     test_h5: str = ""  # default: root/nus_wide_test.h5 (labels: 1,006 = [925 | 81])
-    train_names: str = ""  # img_names.pkl / .txt / .json (default: root/img_names.pkl if present, else file order)
+    train_names: str = (
+        ""  # img_names.pkl / .txt / .json (default: root/img_names.pkl if present, else file order)
+    )
     test_names: str = ""  # default: root/test_img_names.pkl if present, else file order
     image_root: str = ""  # optional: the images (plots, predict)
     val_fraction: float = 0.2  # BiAM: the last 20% of the training names validate
@@ -209,7 +216,9 @@ class OpenImagesConfig:
 
     name: str = "open_images"
     root: str = ""  # classes-trainable.txt, unseen_labels.pkl, top_400_unseen.csv, class-descriptions.csv
-    vectors: str = ""  # word vectors: pickle/npz [seen (7186, 300), unseen (2594, 300)] (not public: bring yours)
+    vectors: str = (
+        ""  # word vectors: pickle/npz [seen (7186, 300), unseen (2594, 300)] (not public: bring yours)
+    )
     train_h5: str = ""  # one file or a glob of shards
     test_h5: str = ""
     image_root: str = ""
@@ -241,29 +250,56 @@ def prepare_nus_wide(cfg: NusWideConfig, model_cfg: Any = None, world: dict | No
         raise ValueError("data.root: the folder holding TagList1k.txt and Concepts81.txt is required")
     root = Path(cfg.root)
     labels = load_nus_wide_labels(root)
-    glove = Path(cfg.glove) if cfg.glove else _first_existing(root, NUS_GLOVE_FILES, "GloVe file", "data.glove")
+    glove = (
+        Path(cfg.glove) if cfg.glove else _first_existing(root, NUS_GLOVE_FILES, "GloVe file", "data.glove")
+    )
     seen_w, unseen_w = load_nus_wide_glove(glove, labels, dim=None)
     train_h5 = Path(cfg.train_h5) if cfg.train_h5 else root / "nus_wide_train.h5"
     test_h5 = Path(cfg.test_h5) if cfg.test_h5 else root / "nus_wide_test.h5"
     for p, key in ((train_h5, "data.train_h5"), (test_h5, "data.test_h5")):
         if not p.is_file():
-            raise DataFormatError(f"{p}: feature file not found (set {key}=PATH; `unseen extract` writes one)")
+            raise DataFormatError(
+                f"{p}: feature file not found (set {key}=PATH; `unseen extract` writes one)"
+            )
     train_names = _names(cfg.train_names, root / "img_names.pkl")
     test_names = _names(cfg.test_names, root / "test_img_names.pkl")
-    full, _ = _load_split([train_h5], train_names, cfg.preload, {"label_key": "labels", "n_labels": labels.n_seen})
-    test, test_names = _load_split([test_h5], test_names, cfg.preload,
-                                   {"label_key": "labels", "n_labels": labels.n_labels})
+    full, _ = _load_split(
+        [train_h5], train_names, cfg.preload, {"label_key": "labels", "n_labels": labels.n_seen}
+    )
+    test, test_names = _load_split(
+        [test_h5], test_names, cfg.preload, {"label_key": "labels", "n_labels": labels.n_labels}
+    )
     train, val, counts = _split_train_val(full, dataset_labels(full), cfg.val_fraction, cfg.drop_no_positive)
-    log.info("nus_wide: %d seen / %d unseen labels; train %d (dropped %d without a positive), val %d, test %d",
-             labels.n_seen, labels.n_unseen, counts["train"], counts["dropped_train"], counts["val"], len(test))
+    log.info(
+        "nus_wide: %d seen / %d unseen labels; train %d (dropped %d without a positive), val %d, test %d",
+        labels.n_seen,
+        labels.n_unseen,
+        counts["train"],
+        counts["dropped_train"],
+        counts["val"],
+        len(test),
+    )
     C, T = _feature_shape(train_h5)
     from unseen.multilabel.extract import sidecar_path
 
     sidecar = sidecar_path(train_h5)
-    return MultilabelData(labels, np.concatenate([seen_w, unseen_w]), train, val, test, C, T, tuple(cfg.ks),
-                          "all", cfg.select_metric, test_names,
-                          cfg.image_root, str(sidecar) if sidecar.is_file() else "", world,
-                          {"glove": str(glove), "train_h5": str(train_h5), "test_h5": str(test_h5), **labels.sources})
+    return MultilabelData(
+        labels,
+        np.concatenate([seen_w, unseen_w]),
+        train,
+        val,
+        test,
+        C,
+        T,
+        tuple(cfg.ks),
+        "all",
+        cfg.select_metric,
+        test_names,
+        cfg.image_root,
+        str(sidecar) if sidecar.is_file() else "",
+        world,
+        {"glove": str(glove), "train_h5": str(train_h5), "test_h5": str(test_h5), **labels.sources},
+    )
 
 
 @dataclass
@@ -294,13 +330,24 @@ def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> MultilabelData:
     wcfg.validate()
     ecfg = build_dataclass(SeenExtractorConfig, cfg.extractor, "data.extractor")
     paths = prepare_multilabel_world(wcfg, cfg.root or None, ecfg)
-    nus = NusWideConfig(root=str(paths["root"]), glove=str(paths["glove"]), train_h5=str(paths["train_h5"]),
-                        test_h5=str(paths["test_h5"]), train_names=str(paths["train_names"]),
-                        test_names=str(paths["test_names"]), image_root=str(paths["image_root"]),
-                        val_fraction=wcfg.val_fraction, preload=cfg.preload, ks=list(cfg.ks),
-                        select_metric=cfg.select_metric)
-    world = {"world": to_dict(wcfg), "extractor": to_dict(ecfg),
-             "extractor_val_seen_mAP": paths["extractor"].get("val_seen_mAP")}
+    nus = NusWideConfig(
+        root=str(paths["root"]),
+        glove=str(paths["glove"]),
+        train_h5=str(paths["train_h5"]),
+        test_h5=str(paths["test_h5"]),
+        train_names=str(paths["train_names"]),
+        test_names=str(paths["test_names"]),
+        image_root=str(paths["image_root"]),
+        val_fraction=wcfg.val_fraction,
+        preload=cfg.preload,
+        ks=list(cfg.ks),
+        select_metric=cfg.select_metric,
+    )
+    world = {
+        "world": to_dict(wcfg),
+        "extractor": to_dict(ecfg),
+        "extractor_val_seen_mAP": paths["extractor"].get("val_seen_mAP"),
+    }
     return prepare_nus_wide(nus, model_cfg, world)
 
 
@@ -317,29 +364,54 @@ def load_open_images_vectors(path: str | Path, labels: LabelSpace) -> np.ndarray
     else:
         obj = safe_pickle_load(path)
         if not isinstance(obj, (list, tuple)) or len(obj) != 2:
-            raise DataFormatError(f"{path}: expected a list [seen vectors, unseen vectors], got {type(obj).__name__}")
+            raise DataFormatError(
+                f"{path}: expected a list [seen vectors, unseen vectors], got {type(obj).__name__}"
+            )
         seen, unseen = (np.asarray(a) for a in obj)
-    for arr, n, role in ((seen, len(labels.seen_source_names), "seen"), (unseen, len(labels.unseen_source_names), "unseen")):
+    for arr, n, role in (
+        (seen, len(labels.seen_source_names), "seen"),
+        (unseen, len(labels.unseen_source_names), "unseen"),
+    ):
         if arr.ndim != 2 or arr.shape[0] != n:
             raise DataFormatError(f"{path}: {role} vectors: expected ({n}, D), got {arr.shape}")
-    return l2_normalize_rows(np.concatenate([seen[labels.seen_source_index], unseen[labels.unseen_source_index]]))
+    return l2_normalize_rows(
+        np.concatenate([seen[labels.seen_source_index], unseen[labels.unseen_source_index]])
+    )
 
 
 @register_dataset("open_images", setting="multilabel", config=OpenImagesConfig)
 def prepare_open_images(cfg: OpenImagesConfig, model_cfg: Any = None) -> MultilabelData:
     """Open Images V4 (7,186 seen / 400 unseen) from the label files + word vectors + BiAM h5 (train shards)."""
     if not cfg.root or not cfg.vectors or not cfg.train_h5 or not cfg.test_h5:
-        raise ValueError("open_images needs data.root (label files), data.vectors, data.train_h5 and data.test_h5")
+        raise ValueError(
+            "open_images needs data.root (label files), data.vectors, data.train_h5 and data.test_h5"
+        )
     labels = load_open_images_labels(cfg.root)
     emb = load_open_images_vectors(cfg.vectors, labels)
     shards = sorted(Path(p) for p in glob.glob(cfg.train_h5)) or [Path(cfg.train_h5)]
     full, _ = _load_split(shards, None, cfg.preload, open_images_h5_labels(labels, "seen"))
-    test, test_names = _load_split([Path(cfg.test_h5)], None, cfg.preload, open_images_h5_labels(labels, "gzsl"))
-    train, val, _ = _split_train_val(full, dataset_labels(full), cfg.val_fraction, cfg.drop_no_positive,
-                                     cfg.max_positives)
+    test, test_names = _load_split(
+        [Path(cfg.test_h5)], None, cfg.preload, open_images_h5_labels(labels, "gzsl")
+    )
+    train, val, _ = _split_train_val(
+        full, dataset_labels(full), cfg.val_fraction, cfg.drop_no_positive, cfg.max_positives
+    )
     C, T = _feature_shape(shards[0])
-    return MultilabelData(labels, emb, train, val, test, C, T, tuple(cfg.ks), "has_positive", cfg.select_metric,
-                          test_names, image_root=cfg.image_root, sources=labels.sources)
+    return MultilabelData(
+        labels,
+        emb,
+        train,
+        val,
+        test,
+        C,
+        T,
+        tuple(cfg.ks),
+        "has_positive",
+        cfg.select_metric,
+        test_names,
+        image_root=cfg.image_root,
+        sources=labels.sources,
+    )
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -350,8 +422,14 @@ def _unpack(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
 
 
 @torch.no_grad()
-def compute_scores(model: nn.Module, ds: Dataset, emb: torch.Tensor, device: torch.device, batch_size: int = 256,
-                   desc: str = "scoring") -> np.ndarray:
+def compute_scores(
+    model: nn.Module,
+    ds: Dataset,
+    emb: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    desc: str = "scoring",
+) -> np.ndarray:
     """N x C float32 scores of ``ds``'s images against the label embeddings ``emb`` (C x D)."""
     model.eval()
     emb = emb.to(device)
@@ -362,8 +440,9 @@ def compute_scores(model: nn.Module, ds: Dataset, emb: torch.Tensor, device: tor
     return torch.cat(out).numpy() if out else np.zeros((0, len(emb)), np.float32)
 
 
-def chance_levels(labels: np.ndarray, n_seen: int, ks: tuple[int, ...], image_filter: str, n_draws: int = 5,
-                  seed: int = 0) -> dict[str, float]:
+def chance_levels(
+    labels: np.ndarray, n_seen: int, ks: tuple[int, ...], image_filter: str, n_draws: int = 5, seed: int = 0
+) -> dict[str, float]:
     """ZSL/GZSL metrics of i.i.d. random scores (mean over draws)."""
     rng = np.random.default_rng(seed)
     acc: dict[str, float] = {}
@@ -374,8 +453,14 @@ def chance_levels(labels: np.ndarray, n_seen: int, ks: tuple[int, ...], image_fi
     return acc
 
 
-def _both(scores: np.ndarray, labels: np.ndarray, n_seen: int, ks: tuple[int, ...], image_filter: str,
-          per_class: bool = False) -> dict[str, Any]:
+def _both(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    n_seen: int,
+    ks: tuple[int, ...],
+    image_filter: str,
+    per_class: bool = False,
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for space, cols in (("zsl", slice(n_seen, None)), ("gzsl", slice(None))):
         r = evaluate_multilabel(scores[:, cols], labels[:, cols], ks=ks, image_filter=image_filter)
@@ -392,7 +477,9 @@ class MultilabelRun:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> None:
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
         self.rank = int(os.environ.get("RANK", "0"))
-        self.data: MultilabelData = get_dataset_entry(cfg.data.name, "multilabel").builder(cfg.data, cfg.model)
+        self.data: MultilabelData = get_dataset_entry(cfg.data.name, "multilabel").builder(
+            cfg.data, cfg.model
+        )
         self.device = resolve_device(cfg.train.device)
         self.emb = torch.as_tensor(self.data.embeddings, dtype=torch.float32)
         self.n_seen = self.data.labels.n_seen
@@ -400,8 +487,14 @@ class MultilabelRun:
     def build_model(self) -> nn.Module:
         torch.manual_seed(self.cfg.seed)
         d = self.data
-        return create_model(self.cfg.model.name, self.cfg.model, "multilabel", in_dim=d.in_dim, n_tokens=d.n_tokens,
-                            embed_dim=self.emb.shape[1])
+        return create_model(
+            self.cfg.model.name,
+            self.cfg.model,
+            "multilabel",
+            in_dim=d.in_dim,
+            n_tokens=d.n_tokens,
+            embed_dim=self.emb.shape[1],
+        )
 
     def run(self) -> dict[str, Any]:
         cfg, d = self.cfg, self.data
@@ -429,30 +522,43 @@ class MultilabelRun:
         meta = {"config": json.dumps(to_dict(cfg))}
         if len(d.val) == 0:
             raise ValueError("the validation split is empty (data.val_fraction): the epoch cannot be chosen")
-        fit = engine.fit(model, d.train, loss_fn, evaluate, select=d.select_metric, epochs=cfg.train.epochs,
-                         resume=resume, meta=meta)
+        fit = engine.fit(
+            model,
+            d.train,
+            loss_fn,
+            evaluate,
+            select=d.select_metric,
+            epochs=cfg.train.epochs,
+            resume=resume,
+            meta=meta,
+        )
         best = next((h for h in fit.history if h["epoch"] == fit.best_epoch), {})
         load_weights(model, self.run_dir / "train" / "best.safetensors")
         test_labels = dataset_labels(d.test)
         scores = compute_scores(model, d.test, self.emb, self.device, cfg.eval.batch_size, "testing")
         metrics = _both(scores, test_labels, self.n_seen, d.ks, d.image_filter)
-        zsl_ap = mean_average_precision(scores[:, self.n_seen:], test_labels[:, self.n_seen:],
-                                        image_filter=d.image_filter)["per_class"]
+        zsl_ap = mean_average_precision(
+            scores[:, self.n_seen :], test_labels[:, self.n_seen :], image_filter=d.image_filter
+        )["per_class"]
         results = {
             "setting": "multilabel",
             "method": cfg.model.name,
             "dataset": d.labels.dataset if cfg.data.name != "shapes" else "shapes",
             "metrics": metrics,
-            "selection": {"rule": f"epoch with the best validation {d.select_metric} on the seen labels "
-                                  f"(last {getattr(cfg.data, 'val_fraction', 0):.0%} of the training names); "
-                                  "tested once", "epoch": fit.best_epoch,
-                          **{f"val_{k[4:]}": v for k, v in best.items() if k.startswith("val/")}},
+            "selection": {
+                "rule": f"epoch with the best validation {d.select_metric} on the seen labels "
+                f"(last {getattr(cfg.data, 'val_fraction', 0):.0%} of the training names); "
+                "tested once",
+                "epoch": fit.best_epoch,
+                **{f"val_{k[4:]}": v for k, v in best.items() if k.startswith("val/")},
+            },
             "chance": chance_levels(test_labels, self.n_seen, d.ks, d.image_filter, seed=cfg.seed),
             "label_space": {"n_seen": self.n_seen, "n_unseen": d.labels.n_unseen},
             "seed": cfg.seed,
             "config_hash": config_hash(cfg),
-            "data_fingerprint": short_hash(json.dumps(d.labels.names) + str(len(d.test)) +
-                                           short_hash(test_labels.tobytes())),
+            "data_fingerprint": short_hash(
+                json.dumps(d.labels.names) + str(len(d.test)) + short_hash(test_labels.tobytes())
+            ),
             "features": _read_json(d.feature_sidecar),
             "world": d.world,
             "versions": versions(),
@@ -470,27 +576,48 @@ class MultilabelRun:
     def save_semantics(self) -> None:
         d = self.data
         save_safetensors(self.run_dir / "semantics.safetensors", {"label_embeddings": self.emb})
-        atomic_write_json(self.run_dir / "labels.json", {
-            "names": d.labels.names, "display_names": d.labels.display_names, "n_seen": self.n_seen,
-            "in_dim": d.in_dim, "n_tokens": d.n_tokens, "feature_sidecar": d.feature_sidecar,
-            "image_root": d.image_root})
+        atomic_write_json(
+            self.run_dir / "labels.json",
+            {
+                "names": d.labels.names,
+                "display_names": d.labels.display_names,
+                "n_seen": self.n_seen,
+                "in_dim": d.in_dim,
+                "n_tokens": d.n_tokens,
+                "feature_sidecar": d.feature_sidecar,
+                "image_root": d.image_root,
+            },
+        )
 
-    def plots(self, model: nn.Module, scores: np.ndarray, labels: np.ndarray, zsl_ap: np.ndarray | None) -> None:
+    def plots(
+        self, model: nn.Module, scores: np.ndarray, labels: np.ndarray, zsl_ap: np.ndarray | None
+    ) -> None:
         from unseen import report
 
         d = self.data
         names = d.labels.display_names
         try:
             if zsl_ap is not None:
-                report.plot_label_ap(zsl_ap, names[self.n_seen:], self.run_dir / "plots" / "unseen_label_ap.png",
-                                     title=f"{self.cfg.model.name}: per-label AP on the unseen labels (ZSL)")
+                report.plot_label_ap(
+                    zsl_ap,
+                    names[self.n_seen :],
+                    self.run_dir / "plots" / "unseen_label_ap.png",
+                    title=f"{self.cfg.model.name}: per-label AP on the unseen labels (ZSL)",
+                )
             if d.image_root and d.test_names:
                 i = _example_image(labels, self.n_seen)
                 path = _image_path(d.image_root, d.test_names[i])
                 if path is not None:
-                    report.plot_topk_labels(path, scores[i], names, self.n_seen, labels[i],
-                                            self.run_dir / "plots" / "top_labels.png", k=max(d.ks),
-                                            title=f"{self.cfg.model.name}: top-{max(d.ks)} labels (GZSL)")
+                    report.plot_topk_labels(
+                        path,
+                        scores[i],
+                        names,
+                        self.n_seen,
+                        labels[i],
+                        self.run_dir / "plots" / "top_labels.png",
+                        k=max(d.ks),
+                        title=f"{self.cfg.model.name}: top-{max(d.ks)} labels (GZSL)",
+                    )
         except Exception as exc:  # a plot must never lose a finished run
             log.warning("could not write the plots: %s", exc)
 
@@ -537,8 +664,14 @@ def load_trained_model(run_dir: Path) -> tuple[nn.Module, RunConfig, torch.Tenso
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: the run has no final model (did it finish?)")
-    model = create_model(cfg.model.name, cfg.model, "multilabel", in_dim=info["in_dim"], n_tokens=info["n_tokens"],
-                         embed_dim=emb.shape[1])
+    model = create_model(
+        cfg.model.name,
+        cfg.model,
+        "multilabel",
+        in_dim=info["in_dim"],
+        n_tokens=info["n_tokens"],
+        embed_dim=emb.shape[1],
+    )
     model.load_state_dict(load_safetensors(weights))
     return model.eval(), cfg, emb, info
 
@@ -547,7 +680,9 @@ def evaluate_saved(run_dir: Path) -> dict[str, Any]:
     """Recompute a finished run's ZSL/GZSL test metrics from its saved model."""
     model, cfg, emb, info = load_trained_model(run_dir)
     run = MultilabelRun(cfg, run_dir)
-    scores = compute_scores(model.to(run.device), run.data.test, emb, run.device, cfg.eval.batch_size, "testing")
+    scores = compute_scores(
+        model.to(run.device), run.data.test, emb, run.device, cfg.eval.batch_size, "testing"
+    )
     return _both(scores, dataset_labels(run.data.test), info["n_seen"], run.data.ks, run.data.image_filter)
 
 
@@ -558,8 +693,10 @@ def predict_images(run_dir: Path, images: list[str], classes: str, topk: int) ->
 
     model, cfg, emb, info = load_trained_model(run_dir)
     if not info.get("feature_sidecar"):
-        raise ValueError(f"{run_dir}: the run's features have no provenance sidecar, so the extractor that made them "
-                         "is unknown; predict needs it to turn images into features")
+        raise ValueError(
+            f"{run_dir}: the run's features have no provenance sidecar, so the extractor that made them "
+            "is unknown; predict needs it to turn images into features"
+        )
     names, n_seen = info["display_names"], info["n_seen"]
     keep = select_classes(names, range(n_seen), classes)
     extractor = load_extractor(info["feature_sidecar"])
@@ -569,22 +706,47 @@ def predict_images(run_dir: Path, images: list[str], classes: str, topk: int) ->
         with torch.no_grad():
             s = model(x, emb[torch.as_tensor(keep)], cls)["scores"][0]
         vals, idx = s.topk(min(topk, len(keep)))
-        out.append({"image": path, "top": [{"class": names[int(keep[i])], "score": float(v),
-                                            "seen": int(keep[i]) < n_seen} for v, i in zip(vals.tolist(), idx.tolist())]})
+        out.append(
+            {
+                "image": path,
+                "top": [
+                    {"class": names[int(keep[i])], "score": float(v), "seen": int(keep[i]) < n_seen}
+                    for v, i in zip(vals.tolist(), idx.tolist())
+                ],
+            }
+        )
     return out
 
 
 DEMO_METHODS = ["demo_epsilon", "demo_biam", "demo_global_linear"]
-DEMO_TITLE = ("embedded multi-label benchmark: mAP and overall F1@K in %, epoch chosen on validation F1 (seen labels); "
-              "ZSL = unseen labels only, GZSL = seen + unseen scored jointly")
-DEMO_COLUMNS = [("method", "method"), ("zsl/mAP", "ZSL mAP"), ("zsl/F1@3", "F1@3"), ("zsl/F1@5", "F1@5"),
-                ("gzsl/mAP", "GZSL mAP"), ("gzsl/F1@3", "F1@3 "), ("gzsl/F1@5", "F1@5 "), ("time", "time")]
-DEMO_FOOTER = "Epsilon-R = our reconstruction of Epsilon (no public code); BiAM with a mean-region global feature."
+DEMO_TITLE = (
+    "embedded multi-label benchmark: mAP and overall F1@K in %, epoch chosen on validation F1 (seen labels); "
+    "ZSL = unseen labels only, GZSL = seen + unseen scored jointly"
+)
+DEMO_COLUMNS = [
+    ("method", "method"),
+    ("zsl/mAP", "ZSL mAP"),
+    ("zsl/F1@3", "F1@3"),
+    ("zsl/F1@5", "F1@5"),
+    ("gzsl/mAP", "GZSL mAP"),
+    ("gzsl/F1@3", "F1@3 "),
+    ("gzsl/F1@5", "F1@5 "),
+    ("time", "time"),
+]
+DEMO_FOOTER = (
+    "Epsilon-R = our reconstruction of Epsilon (no public code); BiAM with a mean-region global feature."
+)
 
 
 def demo_rows(res: dict[str, Any], elapsed: str) -> list[dict[str, Any]]:
     return [{"method": res["method"], **res["metrics"], "time": elapsed}]
 
 
-__all__ = ["MultilabelRun", "MultilabelData", "NusWideConfig", "OpenImagesConfig", "compute_scores",
-           "load_open_images_vectors"]
+__all__ = [
+    "MultilabelRun",
+    "MultilabelData",
+    "NusWideConfig",
+    "OpenImagesConfig",
+    "compute_scores",
+    "load_open_images_vectors",
+]

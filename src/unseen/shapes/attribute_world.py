@@ -126,6 +126,7 @@ class AttributeWorldConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field if the configuration cannot produce a valid world."""
+
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"AttributeWorldConfig.{name}: {why} (got {getattr(self, name)!r})")
 
@@ -137,7 +138,10 @@ class AttributeWorldConfig:
         if self.n_val < 0 or self.n_pretrain_classes < 0 or self.pretrain_images_per_class < 0:
             raise bad("n_val", "n_val, n_pretrain_classes and pretrain_images_per_class must be >= 0")
         if self.n_classes - self.n_unseen - self.n_val < 2:
-            raise bad("n_classes", f"must leave >= 2 training classes after {self.n_unseen} unseen and {self.n_val} val")
+            raise bad(
+                "n_classes",
+                f"must leave >= 2 training classes after {self.n_unseen} unseen and {self.n_val} val",
+            )
         if self.images_per_class < 2 and self.test_seen_fraction > 0:
             raise bad("images_per_class", "must be >= 2 to split seen classes into trainval and test_seen")
         if not 0.0 <= self.test_seen_fraction < 1.0:
@@ -148,7 +152,9 @@ class AttributeWorldConfig:
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 raise bad(name, "must be in [0, 1)")
         if self.attribute_noise + self.secondary_prob >= 0.9:
-            raise bad("attribute_noise", "attribute_noise + secondary_prob must stay below 0.9 (modal value first)")
+            raise bad(
+                "attribute_noise", "attribute_noise + secondary_prob must stay below 0.9 (modal value first)"
+            )
         if not 1 <= self.min_mutations <= self.max_mutations <= len(PROPERTIES):
             raise bad("min_mutations", f"need 1 <= min_mutations <= max_mutations <= {len(PROPERTIES)}")
         if not 1 <= self.min_class_distance <= len(PROPERTIES):
@@ -157,7 +163,9 @@ class AttributeWorldConfig:
             raise bad("clutter", "clutter and the jitters must be >= 0")
         n_images = self.n_classes * self.images_per_class
         if n_images >= 65535:
-            raise bad("images_per_class", f"{n_images} images; xlsa17 locs are uint16, keep the total below 65,535")
+            raise bad(
+                "images_per_class", f"{n_images} images; xlsa17 locs are uint16, keep the total below 65,535"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -230,7 +238,9 @@ def attribute_word_vectors(dim: int = WORD_DIM) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
-def _distribution(n_values: int, modal: int, rng: np.random.Generator, cfg: AttributeWorldConfig) -> np.ndarray:
+def _distribution(
+    n_values: int, modal: int, rng: np.random.Generator, cfg: AttributeWorldConfig
+) -> np.ndarray:
     p = np.zeros(n_values, dtype=np.float64)
     p[modal] = 1.0
     others = [v for v in range(n_values) if v != modal]
@@ -257,8 +267,10 @@ def _hamming(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 def _class_name(i: int, modal: tuple[int, ...], prefix: str = "") -> str:
     d = {(part, prop): values[v] for (part, prop, values), v in zip(PROPERTIES, modal)}
-    return (f"{prefix}{i + 1:03d}.{d['head', 'colour']}_headed_{_PATTERN_WORD[d['body', 'pattern']]}_"
-            f"{d['body', 'colour']}_{d['body', 'shape']}")
+    return (
+        f"{prefix}{i + 1:03d}.{d['head', 'colour']}_headed_{_PATTERN_WORD[d['body', 'pattern']]}_"
+        f"{d['body', 'colour']}_{d['body', 'shape']}"
+    )
 
 
 def _generate_modal(cfg: AttributeWorldConfig, rng: np.random.Generator) -> list[tuple[int, ...]]:
@@ -271,8 +283,10 @@ def _generate_modal(cfg: AttributeWorldConfig, rng: np.random.Generator) -> list
     while len(out) < cfg.n_classes:
         tries += 1
         if tries > 200 * cfg.n_classes:
-            raise RuntimeError("attribute world: could not place classes min_class_distance apart; "
-                               "lower n_classes or min_class_distance, or raise max_mutations")
+            raise RuntimeError(
+                "attribute world: could not place classes min_class_distance apart; "
+                "lower n_classes or min_class_distance, or raise max_mutations"
+            )
         f = len(out) % n_fam
         d = list(protos[f])
         k = int(rng.integers(cfg.min_mutations, cfg.max_mutations + 1))
@@ -284,8 +298,9 @@ def _generate_modal(cfg: AttributeWorldConfig, rng: np.random.Generator) -> list
     return out
 
 
-def _choose_held_out(modal: list[tuple[int, ...]], n_unseen: int, n_val: int,
-                     rng: np.random.Generator) -> tuple[list[int], list[int]] | None:
+def _choose_held_out(
+    modal: list[tuple[int, ...]], n_unseen: int, n_val: int, rng: np.random.Generator
+) -> tuple[list[int], list[int]] | None:
     """Greedy random choice of unseen then val classes whose modal values all remain in the training classes."""
     n_props = len(PROPERTIES)
     counts: dict[tuple[int, int], int] = {}
@@ -312,8 +327,9 @@ def _choose_held_out(modal: list[tuple[int, ...]], n_unseen: int, n_val: int,
     return sorted(unseen), sorted(val)
 
 
-def _generate_pretrain(cfg: AttributeWorldConfig, bench: list[tuple[int, ...]],
-                       rng: np.random.Generator) -> list[tuple[int, ...]]:
+def _generate_pretrain(
+    cfg: AttributeWorldConfig, bench: list[tuple[int, ...]], rng: np.random.Generator
+) -> list[tuple[int, ...]]:
     """Pretraining species: every value used about equally often, all >= min_class_distance from any class."""
     n = cfg.n_pretrain_classes
     if n == 0:
@@ -325,11 +341,14 @@ def _generate_pretrain(cfg: AttributeWorldConfig, bench: list[tuple[int, ...]],
             cols.append(rng.permutation(col))
         cands = [tuple(int(cols[j][i]) for j in range(len(PROPERTIES))) for i in range(n)]
         ok = all(_hamming(a, b) >= cfg.min_class_distance for a in cands for b in bench)
-        ok = ok and all(_hamming(cands[i], cands[k]) >= cfg.min_class_distance
-                        for i in range(n) for k in range(i + 1, n))
+        ok = ok and all(
+            _hamming(cands[i], cands[k]) >= cfg.min_class_distance for i in range(n) for k in range(i + 1, n)
+        )
         if ok:
             return cands
-    raise RuntimeError("attribute world: could not draw pretraining species distinct from the benchmark classes")
+    raise RuntimeError(
+        "attribute world: could not draw pretraining species distinct from the benchmark classes"
+    )
 
 
 def build_attribute_world(cfg: AttributeWorldConfig | None = None) -> AttributeWorld:
@@ -343,17 +362,29 @@ def build_attribute_world(cfg: AttributeWorldConfig | None = None) -> AttributeW
         if chosen is not None:
             break
     else:
-        raise RuntimeError("attribute world: no unseen/val choice keeps every value in the training classes; "
-                           "raise n_classes or lower n_unseen / n_val")
+        raise RuntimeError(
+            "attribute world: no unseen/val choice keeps every value in the training classes; "
+            "raise n_classes or lower n_unseen / n_val"
+        )
     unseen, val = chosen
-    classes = [Species(_class_name(i, d), d, [_distribution(len(vals), v, rng, cfg)
-                                              for (_, _, vals), v in zip(PROPERTIES, d)])
-               for i, d in enumerate(modal)]
+    classes = [
+        Species(
+            _class_name(i, d),
+            d,
+            [_distribution(len(vals), v, rng, cfg) for (_, _, vals), v in zip(PROPERTIES, d)],
+        )
+        for i, d in enumerate(modal)
+    ]
     train = [c for c in range(cfg.n_classes) if c not in unseen and c not in val]
     pre = _generate_pretrain(cfg, modal, rng)
-    pretrain = [Species(_class_name(i, d, prefix="P"), d, [_distribution(len(vals), v, rng, cfg)
-                                                            for (_, _, vals), v in zip(PROPERTIES, d)])
-                for i, d in enumerate(pre)]
+    pretrain = [
+        Species(
+            _class_name(i, d, prefix="P"),
+            d,
+            [_distribution(len(vals), v, rng, cfg) for (_, _, vals), v in zip(PROPERTIES, d)],
+        )
+        for i, d in enumerate(pre)
+    ]
     world = AttributeWorld(cfg, classes, unseen, val, train, pretrain)
     _check_new_combinations(world)
     return world
@@ -364,10 +395,14 @@ def _check_new_combinations(world: AttributeWorld) -> None:
     train_modal = {world.classes[c].modal for c in world.train}
     for c in world.unseen + world.val:
         d = world.classes[c].modal
-        missing = [attribute_names_of(j, d[j]) for j in range(len(PROPERTIES)) if (j, d[j]) not in train_values]
+        missing = [
+            attribute_names_of(j, d[j]) for j in range(len(PROPERTIES)) if (j, d[j]) not in train_values
+        ]
         if missing or d in train_modal:
-            raise AssertionError(f"attribute world: held-out class {world.classes[c].name} is not a new combination "
-                                 f"of training values (missing {missing})")
+            raise AssertionError(
+                f"attribute world: held-out class {world.classes[c].name} is not a new combination "
+                f"of training values (missing {missing})"
+            )
 
 
 def attribute_names_of(prop_index: int, value_index: int) -> str:
@@ -390,7 +425,9 @@ def _jitter_colour(name: str, rng: np.random.Generator, amount: float) -> np.nda
     return np.clip(c, 0.0, 1.0).astype(np.float32)
 
 
-def render_species(values: tuple[int, ...], cfg: AttributeWorldConfig, rng: np.random.Generator) -> Image.Image:
+def render_species(
+    values: tuple[int, ...], cfg: AttributeWorldConfig, rng: np.random.Generator
+) -> Image.Image:
     """Render one image (a PIL RGB image ``image_size`` square) of a species with the given value indices."""
     v = {(part, prop): vals[i] for (part, prop, vals), i in zip(PROPERTIES, values)}
     ss = int(cfg.supersample)
@@ -421,18 +458,48 @@ def render_species(values: tuple[int, ...], cfg: AttributeWorldConfig, rng: np.r
 
     outline = 0.7 * ss
     tail_rot = {"triangle": axis - 90.0, "bar": axis, "fork": axis + 180.0}[v["tail", "shape"]]
-    draw_object(canvas, centre - d * tail_off, rt, v["tail", "shape"], _jitter_colour(v["tail", "colour"], rng, cfg.colour_jitter),
-                "solid", tail_rot + float(rng.uniform(-10, 10)), rng, outline=outline)
     draw_object(
-        canvas, centre, rb, v["body", "shape"], _jitter_colour(v["body", "colour"], rng, cfg.colour_jitter),
-        v["body", "pattern"], float(rng.uniform(-12, 12)), rng, pattern_period=0.62 * rb, outline=outline,
+        canvas,
+        centre - d * tail_off,
+        rt,
+        v["tail", "shape"],
+        _jitter_colour(v["tail", "colour"], rng, cfg.colour_jitter),
+        "solid",
+        tail_rot + float(rng.uniform(-10, 10)),
+        rng,
+        outline=outline,
     )
-    draw_object(canvas, centre + d * head_off, rh, v["head", "shape"], _jitter_colour(v["head", "colour"], rng, cfg.colour_jitter),
-                "solid", float(rng.uniform(-12, 12)), rng, outline=outline)
+    draw_object(
+        canvas,
+        centre,
+        rb,
+        v["body", "shape"],
+        _jitter_colour(v["body", "colour"], rng, cfg.colour_jitter),
+        v["body", "pattern"],
+        float(rng.uniform(-12, 12)),
+        rng,
+        pattern_period=0.62 * rb,
+        outline=outline,
+    )
+    draw_object(
+        canvas,
+        centre + d * head_off,
+        rh,
+        v["head", "shape"],
+        _jitter_colour(v["head", "colour"], rng, cfg.colour_jitter),
+        "solid",
+        float(rng.uniform(-12, 12)),
+        rng,
+        outline=outline,
+    )
     # an eye marks which end is the head (so head and tail of the same shape stay distinguishable)
     head_rgb = np.asarray(COLOURS[v["head", "colour"]])
-    eye = (0.95, 0.95, 0.95) if float(head_rgb @ np.array([0.299, 0.587, 0.114])) < 0.3 else (0.05, 0.05, 0.05)
-    draw_object(canvas, centre + d * (head_off + 0.25 * rh), max(0.2 * rh, 0.9 * ss), "circle", eye, "solid", 0.0)
+    eye = (
+        (0.95, 0.95, 0.95) if float(head_rgb @ np.array([0.299, 0.587, 0.114])) < 0.3 else (0.05, 0.05, 0.05)
+    )
+    draw_object(
+        canvas, centre + d * (head_off + 0.25 * rh), max(0.2 * rh, 0.9 * ss), "circle", eye, "solid", 0.0
+    )
     if cfg.clutter > 0 and rng.random() < 0.25 * min(cfg.clutter, 2.0):  # a small occluder in front
         add_clutter(canvas, rng, 1, min_size=0.03 * S, max_size=0.05 * S, alpha=(0.4, 0.8))
     return finish_image(canvas, cfg.image_size, rng, noise=cfg.pixel_noise)
@@ -442,8 +509,9 @@ def _image_rng(cfg: AttributeWorldConfig, kind: int, c: int, j: int) -> np.rando
     return np.random.default_rng(np.random.SeedSequence([int(cfg.seed), kind, c, j]))
 
 
-def sample_grid(cfg: AttributeWorldConfig | None = None, classes: list[int] | None = None,
-                n_images: int = 6) -> Image.Image:
+def sample_grid(
+    cfg: AttributeWorldConfig | None = None, classes: list[int] | None = None, n_images: int = 6
+) -> Image.Image:
     """A PIL image: one row per class (default: the first 4), ``n_images`` rendered samples each."""
     cfg = cfg or AttributeWorldConfig()
     world = build_attribute_world(cfg)
@@ -459,9 +527,22 @@ def sample_grid(cfg: AttributeWorldConfig | None = None, classes: list[int] | No
 # ----------------------------------------------------------------------------------------------------------------
 # Export to the xlsa17 layout
 
-_CLASS_LISTS = ("allclasses.txt", "trainvalclasses.txt", "testclasses.txt", "trainclasses1.txt", "valclasses1.txt")
-_REQUIRED = ("att_splits.mat", "image_list.json", f"{DATASET_NAME}_attribute.npy", "attributes.txt",
-             "image_attributes.npy", "pretrain/pretrain_list.json", *_CLASS_LISTS)
+_CLASS_LISTS = (
+    "allclasses.txt",
+    "trainvalclasses.txt",
+    "testclasses.txt",
+    "trainclasses1.txt",
+    "valclasses1.txt",
+)
+_REQUIRED = (
+    "att_splits.mat",
+    "image_list.json",
+    f"{DATASET_NAME}_attribute.npy",
+    "attributes.txt",
+    "image_attributes.npy",
+    "pretrain/pretrain_list.json",
+    *_CLASS_LISTS,
+)
 
 
 def _savemat_bytes(mdict: dict[str, Any]) -> bytes:
@@ -481,7 +562,9 @@ def _loc(idx: list[int]) -> np.ndarray:
     return a.astype(np.uint16).reshape(-1, 1)
 
 
-def write_folder_atomically(out_dir: Path, write: Callable[[Path], None], is_current: Callable[[], bool]) -> Path:
+def write_folder_atomically(
+    out_dir: Path, write: Callable[[Path], None], is_current: Callable[[], bool]
+) -> Path:
     """Build a folder as a temporary sibling with ``write(tmp)`` and rename it to ``out_dir`` (never half-written).
     An empty ``out_dir`` is replaced; if the rename loses to a concurrent builder whose folder ``is_current()``,
     theirs is kept. On any error the temporary folder is removed."""
@@ -504,8 +587,14 @@ def write_folder_atomically(out_dir: Path, write: Callable[[Path], None], is_cur
     return out_dir
 
 
-def existing_world(out_dir: Path, kind: str, version: str, config: dict[str, Any],
-                   required: list[str] | tuple[str, ...], with_listed_files: bool = False) -> bool:
+def existing_world(
+    out_dir: Path,
+    kind: str,
+    version: str,
+    config: dict[str, Any],
+    required: list[str] | tuple[str, ...],
+    with_listed_files: bool = False,
+) -> bool:
     """True if ``out_dir`` holds this exact, complete ``kind`` world (same ``version`` and ``config``, every
     ``required`` file, and with ``with_listed_files`` every file its world.json lists); False if it is missing or
     empty; :class:`WorldExistsError` if it holds anything else (never overwritten)."""
@@ -517,8 +606,10 @@ def existing_world(out_dir: Path, kind: str, version: str, config: dict[str, Any
         return False
     meta_path = out_dir / "world.json"
     if not meta_path.is_file():
-        raise WorldExistsError(f"{out_dir}: folder is not empty and holds no {kind} world (no world.json); "
-                               "refusing to overwrite it: choose another folder or remove it")
+        raise WorldExistsError(
+            f"{out_dir}: folder is not empty and holds no {kind} world (no world.json); "
+            "refusing to overwrite it: choose another folder or remove it"
+        )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -526,11 +617,14 @@ def existing_world(out_dir: Path, kind: str, version: str, config: dict[str, Any
     if meta.get("version") != version or meta.get("config") != config:
         raise WorldExistsError(
             f"{out_dir}: holds a different {kind} world (version {meta.get('version')!r}, config "
-            f"{meta.get('config')}); refusing to overwrite it with {config}")
+            f"{meta.get('config')}); refusing to overwrite it with {config}"
+        )
     listed = meta.get("files", []) if with_listed_files else []
     missing = [p for p in [*required, *listed] if not (out_dir / p).is_file()]
     if missing:
-        raise WorldExistsError(f"{out_dir}: incomplete {kind} world (missing {', '.join(missing[:5])}); remove it")
+        raise WorldExistsError(
+            f"{out_dir}: incomplete {kind} world (missing {', '.join(missing[:5])}); remove it"
+        )
     return True
 
 
@@ -555,7 +649,9 @@ def verify_attribute_world(root: str | os.PathLike[str]) -> str:
     meta = json.loads((root / "world.json").read_text(encoding="utf-8"))
     got = world_fingerprint(root, meta["files"])
     if got != meta["fingerprint"]:
-        raise ValueError(f"{root}: content fingerprint {got} != recorded {meta['fingerprint']} (files were modified)")
+        raise ValueError(
+            f"{root}: content fingerprint {got} != recorded {meta['fingerprint']} (files were modified)"
+        )
     return got
 
 
@@ -579,7 +675,9 @@ def export_attribute_world(out_dir: str | os.PathLike[str], cfg: AttributeWorldC
     if _existing_world(out_dir, cfg):
         return out_dir
     world = build_attribute_world(cfg)
-    return write_folder_atomically(out_dir, lambda tmp: _write_world(tmp, world), lambda: _existing_world(out_dir, cfg))
+    return write_folder_atomically(
+        out_dir, lambda tmp: _write_world(tmp, world), lambda: _existing_world(out_dir, cfg)
+    )
 
 
 def _write_world(root: Path, world: AttributeWorld) -> None:
@@ -637,14 +735,17 @@ def _write_world(root: Path, world: AttributeWorld) -> None:
         "val_loc": _loc(val_loc),
     }
     atomic_write_bytes(root / "att_splits.mat", _savemat_bytes(mat))
-    atomic_write_json(root / "image_list.json", {
-        "image_files": image_files,
-        "labels": labels,
-        "trainval_loc": sorted(trainval),
-        "test_seen_loc": sorted(test_seen),
-        "test_unseen_loc": sorted(test_unseen),
-        "index_base": 0,
-    })
+    atomic_write_json(
+        root / "image_list.json",
+        {
+            "image_files": image_files,
+            "labels": labels,
+            "trainval_loc": sorted(trainval),
+            "test_seen_loc": sorted(test_seen),
+            "test_unseen_loc": sorted(test_unseen),
+            "index_base": 0,
+        },
+    )
     lists = {
         "allclasses.txt": list(range(C)),
         "trainvalclasses.txt": world.seen,
@@ -660,7 +761,10 @@ def _write_world(root: Path, world: AttributeWorld) -> None:
     starts = np.cumsum([0] + [len(vals) for _, _, vals in PROPERTIES])[:-1]
     for i, values in enumerate(image_att):
         onehot[i, starts + np.asarray(values)] = 1
-    for fname, arr in ((f"{DATASET_NAME}_attribute.npy", attribute_word_vectors()), ("image_attributes.npy", onehot)):
+    for fname, arr in (
+        (f"{DATASET_NAME}_attribute.npy", attribute_word_vectors()),
+        ("image_attributes.npy", onehot),
+    ):
         buf = io.BytesIO()
         np.save(buf, arr, allow_pickle=False)
         atomic_write_bytes(root / fname, buf.getvalue())
@@ -677,32 +781,52 @@ def _write_world(root: Path, world: AttributeWorld) -> None:
             pre_files.append(rel)
             pre_labels.append(c)
     (root / "pretrain").mkdir(exist_ok=True)
-    atomic_write_json(root / "pretrain" / "pretrain_list.json", {
-        "image_files": pre_files,
-        "labels": pre_labels,
-        "class_names": [s.name for s in world.pretrain],
-        "index_base": 0,
-    })
+    atomic_write_json(
+        root / "pretrain" / "pretrain_list.json",
+        {
+            "image_files": pre_files,
+            "labels": pre_labels,
+            "class_names": [s.name for s in world.pretrain],
+            "index_base": 0,
+        },
+    )
 
     written = sorted(image_files + pre_files + list(_REQUIRED))
     fingerprint = world_fingerprint(root, written)
-    atomic_write_json(root / "world.json", {
-        "version": WORLD_VERSION,
-        "dataset": DATASET_NAME,
-        "config": to_dict(cfg),
-        "fingerprint": fingerprint,
-        "counts": {
-            "classes": C, "seen": len(world.seen), "unseen": len(world.unseen), "train_classes": len(world.train),
-            "val_classes": len(world.val), "attributes": len(attrs), "images": n, "trainval": len(trainval),
-            "test_seen": len(test_seen), "test_unseen": len(test_unseen), "train_loc": len(train_loc),
-            "val_loc": len(val_loc), "pretrain_classes": len(world.pretrain), "pretrain_images": len(pre_files),
+    atomic_write_json(
+        root / "world.json",
+        {
+            "version": WORLD_VERSION,
+            "dataset": DATASET_NAME,
+            "config": to_dict(cfg),
+            "fingerprint": fingerprint,
+            "counts": {
+                "classes": C,
+                "seen": len(world.seen),
+                "unseen": len(world.unseen),
+                "train_classes": len(world.train),
+                "val_classes": len(world.val),
+                "attributes": len(attrs),
+                "images": n,
+                "trainval": len(trainval),
+                "test_seen": len(test_seen),
+                "test_unseen": len(test_unseen),
+                "train_loc": len(train_loc),
+                "val_loc": len(val_loc),
+                "pretrain_classes": len(world.pretrain),
+                "pretrain_images": len(pre_files),
+            },
+            "properties": [{"part": p, "property": q, "values": list(v)} for p, q, v in PROPERTIES],
+            "classes": [
+                {"id": c, "name": s.name, "role": world.role(c), "modal": s.description()}
+                for c, s in enumerate(world.classes)
+            ],
+            "pretrain_classes": [
+                {"id": c, "name": s.name, "modal": s.description()} for c, s in enumerate(world.pretrain)
+            ],
+            "files": written,
         },
-        "properties": [{"part": p, "property": q, "values": list(v)} for p, q, v in PROPERTIES],
-        "classes": [{"id": c, "name": s.name, "role": world.role(c), "modal": s.description()}
-                    for c, s in enumerate(world.classes)],
-        "pretrain_classes": [{"id": c, "name": s.name, "modal": s.description()} for c, s in enumerate(world.pretrain)],
-        "files": written,
-    })
+    )
 
 
 def load_world_meta(root: str | os.PathLike[str]) -> dict[str, Any]:

@@ -62,10 +62,16 @@ NA = "NA"
 STATE_FAMILIES = ("warm", "cool", "pattern")
 OBJECT_FAMILIES = ("round", "boxy", "pointy")
 #: Which state family occurs with which object family (before the random exceptions).
-COMPATIBLE: frozenset[tuple[str, str]] = frozenset({
-    ("warm", "round"), ("warm", "pointy"), ("cool", "round"), ("cool", "boxy"), ("pattern", "boxy"),
-    ("pattern", "pointy"),
-})
+COMPATIBLE: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("warm", "round"),
+        ("warm", "pointy"),
+        ("cool", "round"),
+        ("cool", "boxy"),
+        ("pattern", "boxy"),
+        ("pattern", "pointy"),
+    }
+)
 
 #: Description features of the states (used only for the word vectors):
 #: (is colour, is pattern, warmth, hue cos, hue sin, lightness, linear, grid, spots, radial).
@@ -103,18 +109,39 @@ STATES: tuple[str, ...] = tuple(s[0] for s in _STATE_TABLE)
 OBJECTS: tuple[str, ...] = tuple(o[0] for o in _OBJECT_TABLE)
 #: Colours a patterned object is drawn in (none of them is a colour state).
 _PATTERN_COLOURS: dict[str, tuple[float, float, float]] = {
-    "white": COLOURS["white"], "black": COLOURS["black"], "brown": COLOURS["brown"], "grey": (0.55, 0.55, 0.55),
+    "white": COLOURS["white"],
+    "black": COLOURS["black"],
+    "brown": COLOURS["brown"],
+    "grey": (0.55, 0.55, 0.55),
 }
 #: Circumradius factor per drawn shape (so that thin or spiky shapes cover a similar area).
-_SIZE_FACTOR = {"circle": 0.9, "ellipse": 1.0, "crescent": 1.05, "hexagon": 0.92, "square": 0.95, "rectangle": 1.0,
-                "bar": 1.1, "diamond": 1.0, "triangle": 1.05, "star": 1.1, "cross": 1.05, "fork": 1.05}
+_SIZE_FACTOR = {
+    "circle": 0.9,
+    "ellipse": 1.0,
+    "crescent": 1.05,
+    "hexagon": 0.92,
+    "square": 0.95,
+    "rectangle": 1.0,
+    "bar": 1.1,
+    "diamond": 1.0,
+    "triangle": 1.05,
+    "star": 1.1,
+    "cross": 1.05,
+    "fork": 1.05,
+}
 
 #: How the CLIP-pretraining renders differ from the benchmark's images (``pretrain_style``): ``same`` = drawn like
 #: the benchmark; ``clean`` = centred objects with no clutter, distractor or pixel noise (catalogue-like photos, while
 #: the benchmark's images are cluttered scenes: the gap between web pretraining data and a dataset's photos).
 PRETRAIN_STYLES: dict[str, dict[str, float]] = {
     "same": {},
-    "clean": {"clutter": 0.0, "distractor_prob": 0.0, "position_jitter": 0.0, "scale_jitter": 0.1, "pixel_noise": 0.0},
+    "clean": {
+        "clutter": 0.0,
+        "distractor_prob": 0.0,
+        "position_jitter": 0.0,
+        "scale_jitter": 0.1,
+        "pixel_noise": 0.0,
+    },
 }
 
 
@@ -172,6 +199,7 @@ class CompositionalWorldConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field if the configuration cannot produce a valid world."""
+
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"CompositionalWorldConfig.{name}: {why} (got {getattr(self, name)!r})")
 
@@ -179,8 +207,17 @@ class CompositionalWorldConfig:
             raise bad("n_states", f"must be in [3, {len(STATES)}]")
         if not 3 <= self.n_objects <= len(OBJECTS):
             raise bad("n_objects", f"must be in [3, {len(OBJECTS)}]")
-        for name in ("n_val_unseen", "n_test_unseen", "min_train_pairs_per_primitive", "train_images",
-                     "val_images", "test_images", "image_size", "supersample", "word_dim"):
+        for name in (
+            "n_val_unseen",
+            "n_test_unseen",
+            "min_train_pairs_per_primitive",
+            "train_images",
+            "val_images",
+            "test_images",
+            "image_size",
+            "supersample",
+            "word_dim",
+        ):
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be >= 1")
         for name in ("n_val_seen", "n_test_seen", "pretrain_images", "n_na_images"):
@@ -193,7 +230,14 @@ class CompositionalWorldConfig:
                 raise bad(name, "must be in [0, 1)")
         if not 0.0 <= self.word_noise <= 1.0:
             raise bad("word_noise", "must be in [0, 1]")
-        for name in ("clutter", "pose_jitter", "scale_jitter", "position_jitter", "colour_jitter", "pixel_noise"):
+        for name in (
+            "clutter",
+            "pose_jitter",
+            "scale_jitter",
+            "position_jitter",
+            "colour_jitter",
+            "pixel_noise",
+        ):
             if float(getattr(self, name)) < 0:
                 raise bad(name, "must be >= 0")
         if self.pretrain_style not in PRETRAIN_STYLES:
@@ -274,7 +318,11 @@ def build_compositional_world(cfg: CompositionalWorldConfig | None = None) -> Co
     compatible = [p for p in every if (state_family(p[0]), object_family(p[1])) in COMPATIBLE]
     comp_set = set(compatible)
     u = rng.random(len(every))
-    used = [p for p, x in zip(every, u) if (x >= cfg.drop_compatible if p in comp_set else x < cfg.add_incompatible)]
+    used = [
+        p
+        for p, x in zip(every, u)
+        if (x >= cfg.drop_compatible if p in comp_set else x < cfg.add_incompatible)
+    ]
     n_unseen = cfg.n_val_unseen + cfg.n_test_unseen
     for _attempt in range(200):
         order = rng.permutation(len(used)).tolist()
@@ -297,18 +345,31 @@ def build_compositional_world(cfg: CompositionalWorldConfig | None = None) -> Co
         raise ValueError(
             f"compositional world: cannot hold out {n_unseen} unseen pairs from {len(used)} used pairs and keep "
             f">= {cfg.min_train_pairs_per_primitive} train pairs per state and object: lower n_val_unseen / "
-            "n_test_unseen or min_train_pairs_per_primitive, or raise n_states / n_objects")
+            "n_test_unseen or min_train_pairs_per_primitive, or raise n_states / n_objects"
+        )
     val_unseen = sorted(unseen[: cfg.n_val_unseen])
-    test_unseen = sorted(unseen[cfg.n_val_unseen:])
+    test_unseen = sorted(unseen[cfg.n_val_unseen :])
     held = set(unseen)
     train_pairs = sorted(p for p in used if p not in held)
     if cfg.n_val_seen > len(train_pairs) or cfg.n_test_seen > len(train_pairs):
-        raise ValueError(f"compositional world: n_val_seen / n_test_seen ({cfg.n_val_seen} / {cfg.n_test_seen}) "
-                         f"exceed the {len(train_pairs)} train pairs")
+        raise ValueError(
+            f"compositional world: n_val_seen / n_test_seen ({cfg.n_val_seen} / {cfg.n_test_seen}) "
+            f"exceed the {len(train_pairs)} train pairs"
+        )
     val_seen = sorted(train_pairs[i] for i in rng.choice(len(train_pairs), cfg.n_val_seen, replace=False))
     test_seen = sorted(train_pairs[i] for i in rng.choice(len(train_pairs), cfg.n_test_seen, replace=False))
-    world = CompositionalWorld(cfg, states, objects, sorted(used), train_pairs, val_seen, val_unseen, test_seen,
-                               test_unseen, compatible)
+    world = CompositionalWorld(
+        cfg,
+        states,
+        objects,
+        sorted(used),
+        train_pairs,
+        val_seen,
+        val_unseen,
+        test_seen,
+        test_unseen,
+        compatible,
+    )
     _check_world(world)
     return world
 
@@ -319,7 +380,9 @@ def _check_world(w: CompositionalWorld) -> None:
     train_objects = {o for _, o in train}
     for p in w.val_unseen + w.test_unseen:
         if p in train or p[0] not in train_states or p[1] not in train_objects:
-            raise AssertionError(f"compositional world: unseen pair {p} is not a new combination of train primitives")
+            raise AssertionError(
+                f"compositional world: unseen pair {p} is not a new combination of train primitives"
+            )
     if set(w.val_unseen) & set(w.test_unseen):
         raise AssertionError("compositional world: val and test unseen pairs overlap")
     if set(train_states) != set(w.states) or set(train_objects) != set(w.objects):
@@ -398,21 +461,58 @@ def _jitter(rgb: Any, rng: np.random.Generator, amount: float) -> np.ndarray:
     return np.clip(c, 0.0, 1.0).astype(np.float32)
 
 
-def _draw_pair(canvas: np.ndarray, state: str, obj: str, centre: np.ndarray, radius: float, rotation: float,
-               cfg: CompositionalWorldConfig, rng: np.random.Generator, alpha: float, outline: float) -> np.ndarray:
+def _draw_pair(
+    canvas: np.ndarray,
+    state: str,
+    obj: str,
+    centre: np.ndarray,
+    radius: float,
+    rotation: float,
+    cfg: CompositionalWorldConfig,
+    rng: np.random.Generator,
+    alpha: float,
+    outline: float,
+) -> np.ndarray:
     _, _, drawn_state, _ = _STATE_INFO[state]
     shape = _OBJECT_INFO[obj][2]
     r = radius * _SIZE_FACTOR[shape]
     if state_family(state) == "pattern":
         base = list(_PATTERN_COLOURS.values())[int(rng.integers(len(_PATTERN_COLOURS)))]
-        return draw_object(canvas, centre, r, shape, _jitter(base, rng, cfg.colour_jitter), drawn_state, rotation,
-                           rng, pattern_period=float(rng.uniform(0.45, 0.7)) * r, outline=outline, alpha=alpha)
-    return draw_object(canvas, centre, r, shape, _jitter(COLOURS[drawn_state], rng, cfg.colour_jitter), "solid",
-                       rotation, rng, outline=outline, alpha=alpha)
+        return draw_object(
+            canvas,
+            centre,
+            r,
+            shape,
+            _jitter(base, rng, cfg.colour_jitter),
+            drawn_state,
+            rotation,
+            rng,
+            pattern_period=float(rng.uniform(0.45, 0.7)) * r,
+            outline=outline,
+            alpha=alpha,
+        )
+    return draw_object(
+        canvas,
+        centre,
+        r,
+        shape,
+        _jitter(COLOURS[drawn_state], rng, cfg.colour_jitter),
+        "solid",
+        rotation,
+        rng,
+        outline=outline,
+        alpha=alpha,
+    )
 
 
-def render_pair(state: str, obj: str, cfg: CompositionalWorldConfig, rng: np.random.Generator,
-                states: list[str] | None = None, objects: list[str] | None = None) -> Image.Image:
+def render_pair(
+    state: str,
+    obj: str,
+    cfg: CompositionalWorldConfig,
+    rng: np.random.Generator,
+    states: list[str] | None = None,
+    objects: list[str] | None = None,
+) -> Image.Image:
     """One ``image_size`` square RGB image of ``obj`` in ``state``.
 
     ``states`` / ``objects``: the vocabulary the distractor object and the state confusion draw from (default:
@@ -437,8 +537,18 @@ def render_pair(state: str, obj: str, cfg: CompositionalWorldConfig, rng: np.ran
         d_state = states[int(rng.integers(len(states)))]
         d_obj = objects[int(rng.integers(len(objects)))]
         corner = np.asarray([rng.choice([0.2, 0.8]), rng.choice([0.2, 0.8])]) * S
-        _draw_pair(canvas, d_state, d_obj, corner, radius * float(rng.uniform(0.35, 0.5)),
-                   float(rng.uniform(0, 360)), cfg, rng, alpha=float(rng.uniform(0.45, 0.75)), outline=0.0)
+        _draw_pair(
+            canvas,
+            d_state,
+            d_obj,
+            corner,
+            radius * float(rng.uniform(0.35, 0.5)),
+            float(rng.uniform(0, 360)),
+            cfg,
+            rng,
+            alpha=float(rng.uniform(0.45, 0.75)),
+            outline=0.0,
+        )
     rotation = float(rng.uniform(-cfg.pose_jitter, cfg.pose_jitter))
     if _OBJECT_INFO[obj][2] in ("crescent", "fork", "triangle") and rng.random() < 0.5:
         rotation += 180.0  # shapes with a direction face either way
@@ -457,29 +567,41 @@ def _image_rng(cfg: CompositionalWorldConfig, kind: str, state: str, obj: str, j
     return np.random.default_rng(np.random.SeedSequence([int(cfg.seed), _KIND[kind], s, o, j]))
 
 
-def sample_grid(cfg: CompositionalWorldConfig | None = None, pairs: list[tuple[str, str]] | None = None,
-                n_images: int = 6) -> Image.Image:
+def sample_grid(
+    cfg: CompositionalWorldConfig | None = None, pairs: list[tuple[str, str]] | None = None, n_images: int = 6
+) -> Image.Image:
     """A PIL image: one row per pair (default: the first 6 train pairs), ``n_images`` train renders each."""
     cfg = cfg or CompositionalWorldConfig()
     world = build_compositional_world(cfg)
     pairs = pairs if pairs is not None else world.train_pairs[:6]
-    ims = [render_pair(s, o, cfg, _image_rng(cfg, "train", s, o, j), world.states, world.objects)
-           for s, o in pairs for j in range(n_images)]
+    ims = [
+        render_pair(s, o, cfg, _image_rng(cfg, "train", s, o, j), world.states, world.objects)
+        for s, o in pairs
+        for j in range(n_images)
+    ]
     return image_grid(ims, n_images)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Export to the czsl layout
 
-_REQUIRED = (f"{SPLIT_NAME}/train_pairs.txt", f"{SPLIT_NAME}/val_pairs.txt", f"{SPLIT_NAME}/test_pairs.txt",
-             f"metadata_{SPLIT_NAME}.t7", "glove.txt", "pretrain/pretrain_list.json")
+_REQUIRED = (
+    f"{SPLIT_NAME}/train_pairs.txt",
+    f"{SPLIT_NAME}/val_pairs.txt",
+    f"{SPLIT_NAME}/test_pairs.txt",
+    f"metadata_{SPLIT_NAME}.t7",
+    "glove.txt",
+    "pretrain/pretrain_list.json",
+)
 
 
 def _existing_world(out_dir: Path, cfg: CompositionalWorldConfig) -> bool:
     return existing_world(out_dir, "compositional", WORLD_VERSION, to_dict(cfg), _REQUIRED)
 
 
-def export_compositional_world(out_dir: str | os.PathLike[str], cfg: CompositionalWorldConfig | None = None) -> Path:
+def export_compositional_world(
+    out_dir: str | os.PathLike[str], cfg: CompositionalWorldConfig | None = None
+) -> Path:
     """Render the world and write it to ``out_dir`` in the czsl layout (module docstring); return ``out_dir``.
 
     The folder is built as a temporary sibling and renamed into place. If ``out_dir`` already holds this world
@@ -491,10 +613,14 @@ def export_compositional_world(out_dir: str | os.PathLike[str], cfg: Composition
     if _existing_world(out_dir, cfg):
         return out_dir
     world = build_compositional_world(cfg)
-    return write_folder_atomically(out_dir, lambda tmp: _write_world(tmp, world), lambda: _existing_world(out_dir, cfg))
+    return write_folder_atomically(
+        out_dir, lambda tmp: _write_world(tmp, world), lambda: _existing_world(out_dir, cfg)
+    )
 
 
-def cached_compositional_world(cfg: CompositionalWorldConfig | None = None, root: str | os.PathLike[str] = "") -> Path:
+def cached_compositional_world(
+    cfg: CompositionalWorldConfig | None = None, root: str | os.PathLike[str] = ""
+) -> Path:
     """The exported world for ``cfg``: ``root`` if given, else ``$UNSEEN_CACHE/shapes-czsl-<hash>/shapes-czsl``
     (built on first use, reused afterwards; the hash covers the config and the world version)."""
     cfg = cfg or CompositionalWorldConfig()
@@ -518,17 +644,28 @@ def _write_world(root: Path, world: CompositionalWorld) -> None:
         counter[str(folder / name)] = k = counter.get(str(folder / name), 0) + 1
         rel = f"{name}/{k:04d}.png"
         (folder / name).mkdir(parents=True, exist_ok=True)
-        im = render_pair(state, obj, pre_cfg if kind == "pretrain" else cfg, _image_rng(cfg, kind, state, obj, j),
-                         world.states, world.objects)
+        im = render_pair(
+            state,
+            obj,
+            pre_cfg if kind == "pretrain" else cfg,
+            _image_rng(cfg, kind, state, obj, j),
+            world.states,
+            world.objects,
+        )
         im.save(folder / rel, format="PNG")
         return rel
 
-    sets = (("train", world.train_pairs, cfg.train_images), ("val", world.val_pairs, cfg.val_images),
-            ("test", world.test_pairs, cfg.test_images))
+    sets = (
+        ("train", world.train_pairs, cfg.train_images),
+        ("val", world.val_pairs, cfg.val_images),
+        ("test", world.test_pairs, cfg.test_images),
+    )
     for set_name, pairs, n in sets:
         for s, o in pairs:
             for j in range(n):
-                meta.append({"image": render(set_name, s, o, j, images), "attr": s, "obj": o, "set": set_name})
+                meta.append(
+                    {"image": render(set_name, s, o, j, images), "attr": s, "obj": o, "set": set_name}
+                )
     # entries a czsl reader must skip: unlabelled split ('NA' set) and unlabelled state ('NA' attr)
     na_rng = _spec_rng(cfg, 1)
     for j in range(cfg.n_na_images):
@@ -536,8 +673,9 @@ def _write_world(root: Path, world: CompositionalWorld) -> None:
         if j % 2 == 0:
             meta.append({"image": render("na", s, o, j, images), "attr": s, "obj": o, "set": NA})
         else:
-            meta.append({"image": render("na", s, o, j, images, label_state=NA), "attr": NA, "obj": o,
-                         "set": "train"})
+            meta.append(
+                {"image": render("na", s, o, j, images, label_state=NA), "attr": NA, "obj": o, "set": "train"}
+            )
     order = _spec_rng(cfg, 2).permutation(len(meta))  # real metadata files are not grouped by set
     meta = [meta[i] for i in order]
     buf = io.BytesIO()
@@ -547,8 +685,10 @@ def _write_world(root: Path, world: CompositionalWorld) -> None:
     split_dir.mkdir()
     for name, pairs in (("train", world.train_pairs), ("val", world.val_pairs), ("test", world.test_pairs)):
         atomic_write_text(split_dir / f"{name}_pairs.txt", _pairs_text(pairs))
-    atomic_write_text(root / "glove.txt",
-                      glove_text(glove_vectors(world.states + world.objects, cfg.word_dim, cfg.word_noise)))
+    atomic_write_text(
+        root / "glove.txt",
+        glove_text(glove_vectors(world.states + world.objects, cfg.word_dim, cfg.word_noise)),
+    )
 
     pre_images: list[str] = []
     pre_attrs: list[str] = []
@@ -559,38 +699,58 @@ def _write_world(root: Path, world: CompositionalWorld) -> None:
             pre_attrs.append(s)
             pre_objs.append(o)
     (root / "pretrain").mkdir(exist_ok=True)
-    atomic_write_json(root / "pretrain" / "pretrain_list.json", {
-        "about": "extra renders of the TRAIN pairs for CLIP pretraining; paths relative to this folder",
-        "images": pre_images, "attrs": pre_attrs, "objs": pre_objs,
-    })
+    atomic_write_json(
+        root / "pretrain" / "pretrain_list.json",
+        {
+            "about": "extra renders of the TRAIN pairs for CLIP pretraining; paths relative to this folder",
+            "images": pre_images,
+            "attrs": pre_attrs,
+            "objs": pre_objs,
+        },
+    )
 
-    written = sorted(["images/" + m["image"] for m in meta] + ["pretrain/" + p for p in pre_images] + list(_REQUIRED))
+    written = sorted(
+        ["images/" + m["image"] for m in meta] + ["pretrain/" + p for p in pre_images] + list(_REQUIRED)
+    )
     n_set = {s: sum(m["set"] == s and m["attr"] != NA for m in meta) for s in ("train", "val", "test")}
-    atomic_write_json(root / "world.json", {
-        "version": WORLD_VERSION,
-        "dataset": DATASET_NAME,
-        "split": SPLIT_NAME,
-        "seed": cfg.seed,
-        "config": to_dict(cfg),
-        "fingerprint": world_fingerprint(root, written),
-        "states": [{"name": s, "family": state_family(s)} for s in world.states],
-        "objects": [{"name": o, "family": object_family(o)} for o in world.objects],
-        "compatible_families": sorted([list(p) for p in COMPATIBLE]),
-        "pairs": {
-            "train": [list(p) for p in world.train_pairs], "val_seen": [list(p) for p in world.val_seen],
-            "val_unseen": [list(p) for p in world.val_unseen], "test_seen": [list(p) for p in world.test_seen],
-            "test_unseen": [list(p) for p in world.test_unseen], "unused": [list(p) for p in world.unused],
+    atomic_write_json(
+        root / "world.json",
+        {
+            "version": WORLD_VERSION,
+            "dataset": DATASET_NAME,
+            "split": SPLIT_NAME,
+            "seed": cfg.seed,
+            "config": to_dict(cfg),
+            "fingerprint": world_fingerprint(root, written),
+            "states": [{"name": s, "family": state_family(s)} for s in world.states],
+            "objects": [{"name": o, "family": object_family(o)} for o in world.objects],
+            "compatible_families": sorted([list(p) for p in COMPATIBLE]),
+            "pairs": {
+                "train": [list(p) for p in world.train_pairs],
+                "val_seen": [list(p) for p in world.val_seen],
+                "val_unseen": [list(p) for p in world.val_unseen],
+                "test_seen": [list(p) for p in world.test_seen],
+                "test_unseen": [list(p) for p in world.test_unseen],
+                "unused": [list(p) for p in world.unused],
+            },
+            "counts": {
+                "states": len(world.states),
+                "objects": len(world.objects),
+                "open_world_pairs": len(world.states) * len(world.objects),
+                "used_pairs": len(world.used),
+                "train_pairs": len(world.train_pairs),
+                "val_pairs": len(world.val_pairs),
+                "test_pairs": len(world.test_pairs),
+                "unused_pairs": len(world.unused),
+                "train_images": n_set["train"],
+                "val_images": n_set["val"],
+                "test_images": n_set["test"],
+                "na_entries": cfg.n_na_images,
+                "pretrain_images": len(pre_images),
+            },
+            "files": written,
         },
-        "counts": {
-            "states": len(world.states), "objects": len(world.objects),
-            "open_world_pairs": len(world.states) * len(world.objects), "used_pairs": len(world.used),
-            "train_pairs": len(world.train_pairs), "val_pairs": len(world.val_pairs),
-            "test_pairs": len(world.test_pairs), "unused_pairs": len(world.unused),
-            "train_images": n_set["train"], "val_images": n_set["val"], "test_images": n_set["test"],
-            "na_entries": cfg.n_na_images, "pretrain_images": len(pre_images),
-        },
-        "files": written,
-    })
+    )
 
 
 def load_world_meta(root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -604,5 +764,7 @@ def verify_compositional_world(root: str | os.PathLike[str]) -> str:
     meta = load_world_meta(root)
     got = world_fingerprint(root, meta["files"])
     if got != meta["fingerprint"]:
-        raise ValueError(f"{root}: content fingerprint {got} != recorded {meta['fingerprint']} (files were modified)")
+        raise ValueError(
+            f"{root}: content fingerprint {got} != recorded {meta['fingerprint']} (files were modified)"
+        )
     return got

@@ -73,10 +73,33 @@ DATASET_NAME = "SHAPES-ML"
 WORD_DIM = 300
 
 #: Colour and shape words, in the order the config's ``n_colours`` / ``n_shapes`` take them.
-COLOUR_WORDS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "white", "black", "pink",
-                                 "cyan", "brown")
-SHAPE_WORDS: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "hexagon", "crescent", "bar",
-                                "diamond", "pentagon", "ellipse", "fork")
+COLOUR_WORDS: tuple[str, ...] = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "white",
+    "black",
+    "pink",
+    "cyan",
+    "brown",
+)
+SHAPE_WORDS: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "hexagon",
+    "crescent",
+    "bar",
+    "diamond",
+    "pentagon",
+    "ellipse",
+    "fork",
+)
 _PATTERNED = ("stripes", "dots", "checker", "rings")
 
 TAGS_FILE = "TagList1k.txt"
@@ -85,8 +108,17 @@ GLOVE_FILE = "NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300"
 TRAIN_NAMES_FILE = "img_names.pkl"
 TEST_NAMES_FILE = "test_img_names.pkl"
 IMAGE_DIR = "images"
-_REQUIRED = (TAGS_FILE, CONCEPTS_FILE, GLOVE_FILE, TRAIN_NAMES_FILE, TEST_NAMES_FILE, "train_labels.npy",
-             "test_labels.npy", "ground_truth.npz", "README.md")
+_REQUIRED = (
+    TAGS_FILE,
+    CONCEPTS_FILE,
+    GLOVE_FILE,
+    TRAIN_NAMES_FILE,
+    TEST_NAMES_FILE,
+    "train_labels.npy",
+    "test_labels.npy",
+    "ground_truth.npz",
+    "README.md",
+)
 
 
 @dataclass
@@ -143,6 +175,7 @@ class MultilabelWorldConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field if the configuration cannot produce a valid world."""
+
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"MultilabelWorldConfig.{name}: {why} (got {getattr(self, name)!r})")
 
@@ -151,7 +184,9 @@ class MultilabelWorldConfig:
         if not 2 <= self.n_shapes <= len(SHAPE_WORDS):
             raise bad("n_shapes", f"must be in [2, {len(SHAPE_WORDS)}]")
         if not 3 <= self.n_categories <= self.n_colours * self.n_shapes:
-            raise bad("n_categories", f"must be in [3, n_colours * n_shapes = {self.n_colours * self.n_shapes}]")
+            raise bad(
+                "n_categories", f"must be in [3, n_colours * n_shapes = {self.n_colours * self.n_shapes}]"
+            )
         if not 1 <= self.n_unseen <= self.n_categories - 2:
             raise bad("n_unseen", "must be >= 1 and leave >= 2 seen categories")
         for name in ("n_train", "n_test", "image_size", "supersample", "min_objects", "min_word_support"):
@@ -172,7 +207,14 @@ class MultilabelWorldConfig:
                 raise bad(name, "must be in [0, 1]")
         if not 0.0 <= self.visible_hidden <= self.visible_unknown <= 1.0:
             raise bad("visible_unknown", "need 0 <= visible_hidden <= visible_unknown <= 1")
-        for name in ("spacing", "frequency_skew", "clutter", "colour_jitter", "pixel_noise", "semantic_noise"):
+        for name in (
+            "spacing",
+            "frequency_skew",
+            "clutter",
+            "colour_jitter",
+            "pixel_noise",
+            "semantic_noise",
+        ):
             if float(getattr(self, name)) < 0:
                 raise bad(name, "must be >= 0")
 
@@ -242,8 +284,11 @@ def word_embedding(word: str, kind: str, dim: int = WORD_DIM) -> np.ndarray:
 
 def category_vector(category: Category, semantic_noise: float, dim: int = WORD_DIM) -> np.ndarray:
     """The raw (unnormalised, norm 5-7 like GloVe 300-d) float32 vector of a category's description."""
-    v = (word_embedding(category.colour, "colour", dim) + word_embedding(category.shape, "shape", dim)
-         + semantic_noise * _word_vector(f"<phrase:{category.name}>", dim))
+    v = (
+        word_embedding(category.colour, "colour", dim)
+        + word_embedding(category.shape, "shape", dim)
+        + semantic_noise * _word_vector(f"<phrase:{category.name}>", dim)
+    )
     h = hashlib.sha256(f"unseen-norm:{category.name}".encode()).digest()
     norm = 5.0 + 2.0 * int.from_bytes(h[:4], "little") / 2**32
     return (norm * v / np.linalg.norm(v)).astype(np.float32)
@@ -262,8 +307,10 @@ def build_multilabel_world(cfg: MultilabelWorldConfig | None = None) -> Multilab
         if unseen is not None:
             break
     else:
-        raise RuntimeError("multilabel world: no unseen choice keeps every unseen word in >= min_word_support seen "
-                           "categories; raise n_categories or lower n_unseen / min_word_support")
+        raise RuntimeError(
+            "multilabel world: no unseen choice keeps every unseen word in >= min_word_support seen "
+            "categories; raise n_categories or lower n_unseen / min_word_support"
+        )
     seen = sorted((c for c in cats if c not in unseen), key=lambda c: c.name)
     unseen = sorted(unseen, key=lambda c: c.name)
     distractors = sorted((c for c in combos if c not in cats), key=lambda c: c.name)
@@ -275,8 +322,9 @@ def build_multilabel_world(cfg: MultilabelWorldConfig | None = None) -> Multilab
     return MultilabelWorld(cfg, seen, unseen, distractors, w / w.sum(), taglist)
 
 
-def _choose_unseen(cats: list[Category], cfg: MultilabelWorldConfig,
-                   rng: np.random.Generator) -> list[Category] | None:
+def _choose_unseen(
+    cats: list[Category], cfg: MultilabelWorldConfig, rng: np.random.Generator
+) -> list[Category] | None:
     """Greedy random unseen choice whose words each stay in >= min_word_support seen categories."""
     support: dict[str, int] = {}
     for c in cats:
@@ -338,7 +386,9 @@ def sample_scene(world: MultilabelWorld, rng: np.random.Generator) -> list[Scene
                 best, best_gap = c, gap
             if gap >= 0:
                 break
-        pattern = _PATTERNED[int(rng.integers(len(_PATTERNED)))] if rng.random() < cfg.pattern_prob else "solid"
+        pattern = (
+            _PATTERNED[int(rng.integers(len(_PATTERNED)))] if rng.random() < cfg.pattern_prob else "solid"
+        )
         objs.append(SceneObject(cat, lab, best, r, float(rng.uniform(0, 360)), pattern))
     return objs
 
@@ -362,20 +412,36 @@ def _raster_area(poly: list[tuple[float, float]]) -> float:
     return float(np.asarray(img, dtype=np.float32).sum() / 255.0)
 
 
-def render_scene(objs: list[SceneObject], cfg: MultilabelWorldConfig, rng: np.random.Generator) -> Image.Image:
+def render_scene(
+    objs: list[SceneObject], cfg: MultilabelWorldConfig, rng: np.random.Generator
+) -> Image.Image:
     """Draw the scene (background, clutter, the objects in order, occluders) and set every object's ``visible``."""
     ss = cfg.supersample
     S = cfg.image_size * ss
     canvas = background(S, rng, blotches=5)
     if cfg.clutter > 0:
-        add_clutter(canvas, rng, int(rng.poisson(8 * cfg.clutter)), min_size=0.02 * S, max_size=0.06 * S,
-                    alpha=(0.25, 0.6))
+        add_clutter(
+            canvas,
+            rng,
+            int(rng.poisson(8 * cfg.clutter)),
+            min_size=0.02 * S,
+            max_size=0.06 * S,
+            alpha=(0.25, 0.6),
+        )
     masks = []
     for o in objs:
         outline = 0.6 * ss if rng.random() < 0.5 else 0.0
-        m = draw_object(canvas, o.centre, o.radius, o.category.shape,
-                        _jitter_colour(o.category.colour, rng, cfg.colour_jitter), o.pattern, o.rotation, rng,
-                        outline=outline)
+        m = draw_object(
+            canvas,
+            o.centre,
+            o.radius,
+            o.category.shape,
+            _jitter_colour(o.category.colour, rng, cfg.colour_jitter),
+            o.pattern,
+            o.rotation,
+            rng,
+            outline=outline,
+        )
         masks.append(m)
     if objs and rng.random() < cfg.occluder_prob:  # neutral occluders in front of random objects
         for _ in range(int(rng.integers(1, 3))):
@@ -385,9 +451,18 @@ def render_scene(objs: list[SceneObject], cfg: MultilabelWorldConfig, rng: np.ra
             centre = (target.centre[0] + d * math.cos(ang), target.centre[1] + d * math.sin(ang))
             grey = float(rng.uniform(0.25, 0.6))
             rgb = np.clip(np.array([grey, grey * 0.95, grey * 0.85]) + rng.normal(0, 0.03, 3), 0, 1)
-            masks.append(draw_object(canvas, centre, float(rng.uniform(0.06, 0.11)) * S,
-                                     ("bar", "circle", "square")[int(rng.integers(3))], rgb, "solid",
-                                     float(rng.uniform(0, 360)), alpha=0.92))
+            masks.append(
+                draw_object(
+                    canvas,
+                    centre,
+                    float(rng.uniform(0.06, 0.11)) * S,
+                    ("bar", "circle", "square")[int(rng.integers(3))],
+                    rgb,
+                    "solid",
+                    float(rng.uniform(0, 360)),
+                    alpha=0.92,
+                )
+            )
     front = np.ones((S, S), dtype=np.float32)
     for i in range(len(masks) - 1, -1, -1):  # back to front: what is in front of object i
         if i < len(objs):
@@ -398,7 +473,9 @@ def render_scene(objs: list[SceneObject], cfg: MultilabelWorldConfig, rng: np.ra
     return finish_image(canvas, cfg.image_size, rng, noise=cfg.pixel_noise)
 
 
-def clean_labels(objs: list[SceneObject], cfg: MultilabelWorldConfig, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+def clean_labels(
+    objs: list[SceneObject], cfg: MultilabelWorldConfig, n_labels: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels int8 (n_labels,) in {+1, -1, 0}, best visible fraction per label float32) from a rendered scene."""
     vis = np.zeros(n_labels, np.float32)
     for o in objs:
@@ -449,11 +526,14 @@ def image_name(split: str, i: int) -> str:
 
 
 def _existing_world(out_dir: Path, cfg: MultilabelWorldConfig) -> bool:
-    return existing_world(out_dir, "multi-label", WORLD_VERSION, to_dict(cfg), _REQUIRED, with_listed_files=True)
+    return existing_world(
+        out_dir, "multi-label", WORLD_VERSION, to_dict(cfg), _REQUIRED, with_listed_files=True
+    )
 
 
-def export_multilabel_world(out_dir: str | os.PathLike[str], cfg: MultilabelWorldConfig | None = None, *,
-                            workers: int | None = None) -> Path:
+def export_multilabel_world(
+    out_dir: str | os.PathLike[str], cfg: MultilabelWorldConfig | None = None, *, workers: int | None = None
+) -> Path:
     """Render the world and write it to ``out_dir`` in the NUS-WIDE / BiAM layout (module docstring); return it.
 
     ``workers``: rendering processes (default: the CPU count, at most 4; the output is the same for any count).
@@ -468,8 +548,9 @@ def export_multilabel_world(out_dir: str | os.PathLike[str], cfg: MultilabelWorl
         return out_dir
     world = build_multilabel_world(cfg)
     n_workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
-    return write_folder_atomically(out_dir, lambda tmp: _write_world(tmp, world, n_workers),
-                                   lambda: _existing_world(out_dir, cfg))
+    return write_folder_atomically(
+        out_dir, lambda tmp: _write_world(tmp, world, n_workers), lambda: _existing_world(out_dir, cfg)
+    )
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -480,7 +561,9 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _render_chunk(args: tuple[MultilabelWorldConfig, str, str, int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+def _render_chunk(
+    args: tuple[MultilabelWorldConfig, str, str, int, int],
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Render and save images ``start..stop-1`` of ``split`` under ``root``; return (clean labels, visible
     fractions, object count) for them. Top-level so that worker processes can run it."""
     cfg, root, split, start, stop = args
@@ -496,8 +579,9 @@ def _render_chunk(args: tuple[MultilabelWorldConfig, str, str, int, int]) -> tup
     return lab, vis, count
 
 
-def _render_all(root: Path, cfg: MultilabelWorldConfig, split: str, n: int,
-                workers: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _render_all(
+    root: Path, cfg: MultilabelWorldConfig, split: str, n: int, workers: int
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Every image of a split, in ``workers`` processes (each image has its own RNG: same bytes for any count)."""
     chunk = 100
     jobs = [(cfg, str(root), split, a, min(a + chunk, n)) for a in range(0, n, chunk)]
@@ -514,8 +598,11 @@ def _render_all(root: Path, cfg: MultilabelWorldConfig, split: str, n: int,
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
                 parts = list(pool.map(_render_chunk, jobs))
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            sum(p[2] for p in parts))
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        sum(p[2] for p in parts),
+    )
 
 
 def _write_world(root: Path, world: MultilabelWorld, workers: int = 1) -> None:
@@ -529,8 +616,12 @@ def _write_world(root: Path, world: MultilabelWorld, workers: int = 1) -> None:
     for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
         (root / IMAGE_DIR / split).mkdir(parents=True)
         clean[split], visible[split], n_objects[split] = _render_all(root, cfg, split, n, workers)
-        tags[split] = np.stack([noisy_tags(clean[split][i, :ns], cfg, _scene_rng(cfg, _SPLITS[split], i, stream=1))
-                                for i in range(n)])
+        tags[split] = np.stack(
+            [
+                noisy_tags(clean[split][i, :ns], cfg, _scene_rng(cfg, _SPLITS[split], i, stream=1))
+                for i in range(n)
+            ]
+        )
         files += [f"{IMAGE_DIR}/{image_name(split, i)}" for i in range(n)]
     train_labels = tags["train"]  # the seen tags only: unseen categories are never labelled in training
     test_labels = np.concatenate([tags["test"], clean["test"][:, ns:]], axis=1)  # [noisy seen | clean unseen]
@@ -540,17 +631,25 @@ def _write_world(root: Path, world: MultilabelWorld, workers: int = 1) -> None:
     vec = {c.name: category_vector(c, cfg.semantic_noise) for c in world.label_categories}
     glove = [np.stack([vec[t] for t in world.taglist]), np.stack([vec[c.name] for c in world.unseen])]
     atomic_write_bytes(root / GLOVE_FILE, pickle.dumps(glove, protocol=2))
-    atomic_write_bytes(root / TRAIN_NAMES_FILE,
-                       pickle.dumps({"img_names": [image_name("train", i) for i in range(cfg.n_train)]}, protocol=2))
-    atomic_write_bytes(root / TEST_NAMES_FILE, pickle.dumps([image_name("test", i) for i in range(cfg.n_test)],
-                                                            protocol=2))
+    atomic_write_bytes(
+        root / TRAIN_NAMES_FILE,
+        pickle.dumps({"img_names": [image_name("train", i) for i in range(cfg.n_train)]}, protocol=2),
+    )
+    atomic_write_bytes(
+        root / TEST_NAMES_FILE, pickle.dumps([image_name("test", i) for i in range(cfg.n_test)], protocol=2)
+    )
     atomic_write_bytes(root / "train_labels.npy", _npy_bytes(train_labels))
     atomic_write_bytes(root / "test_labels.npy", _npy_bytes(test_labels))
     import io
 
     buf = io.BytesIO()
-    np.savez(buf, train_clean=clean["train"], test_clean=clean["test"], train_visible=visible["train"],
-             test_visible=visible["test"])
+    np.savez(
+        buf,
+        train_clean=clean["train"],
+        test_clean=clean["test"],
+        train_visible=visible["train"],
+        test_visible=visible["test"],
+    )
     atomic_write_bytes(root / "ground_truth.npz", buf.getvalue())
 
     n_val = cfg.n_train - int(round(cfg.n_train * (1.0 - cfg.val_fraction)))
@@ -560,9 +659,15 @@ def _write_world(root: Path, world: MultilabelWorld, workers: int = 1) -> None:
         "config": to_dict(cfg),
         "seed": cfg.seed,
         "counts": {
-            "labels": world.n_labels, "seen": ns, "unseen": len(world.unseen), "tags": len(world.taglist),
-            "unseen_in_taglist": len(world.taglist) - ns, "non_vocabulary_combinations": len(world.distractors),
-            "train": cfg.n_train - n_val, "val": n_val, "test": cfg.n_test,
+            "labels": world.n_labels,
+            "seen": ns,
+            "unseen": len(world.unseen),
+            "tags": len(world.taglist),
+            "unseen_in_taglist": len(world.taglist) - ns,
+            "non_vocabulary_combinations": len(world.distractors),
+            "train": cfg.n_train - n_val,
+            "val": n_val,
+            "test": cfg.n_test,
             "objects_per_image": {s: n_objects[s] / max(len(clean[s]), 1) for s in clean},
             "positives_per_image": {
                 "train_seen_tags": float((train_labels == 1).sum(1).mean()),
@@ -572,14 +677,25 @@ def _write_world(root: Path, world: MultilabelWorld, workers: int = 1) -> None:
             "unknown_entries_fraction": {s: float((clean[s] == 0).mean()) for s in clean},
             "test_unseen_positives_per_label": (clean["test"][:, ns:] == 1).sum(0).tolist(),
         },
-        "split": {"rule": f"BiAM: the first {1 - cfg.val_fraction:.0%} of {TRAIN_NAMES_FILE} train, the last "
-                          f"{cfg.val_fraction:.0%} validate; {TEST_NAMES_FILE} test",
-                  "train_names": TRAIN_NAMES_FILE, "test_names": TEST_NAMES_FILE, "image_root": IMAGE_DIR},
+        "split": {
+            "rule": f"BiAM: the first {1 - cfg.val_fraction:.0%} of {TRAIN_NAMES_FILE} train, the last "
+            f"{cfg.val_fraction:.0%} validate; {TEST_NAMES_FILE} test",
+            "train_names": TRAIN_NAMES_FILE,
+            "test_names": TEST_NAMES_FILE,
+            "image_root": IMAGE_DIR,
+        },
         "label_order": "GZSL [seen (TagList1k minus Concepts81, tag order) | unseen (Concepts81 order)]",
-        "labels": [{"index": i, "name": c.name, "description": " ".join(c.words),
-                    "role": "seen" if i < ns else "unseen", "in_taglist": c.name in world.taglist,
-                    "frequency": float(world.weights[i])}
-                   for i, c in enumerate(world.label_categories)],
+        "labels": [
+            {
+                "index": i,
+                "name": c.name,
+                "description": " ".join(c.words),
+                "role": "seen" if i < ns else "unseen",
+                "in_taglist": c.name in world.taglist,
+                "frequency": float(world.weights[i]),
+            }
+            for i, c in enumerate(world.label_categories)
+        ],
         "word_support": word_support(world),
         "non_vocabulary": [c.name for c in world.distractors],
     }
@@ -624,7 +740,9 @@ def verify_multilabel_world(root: str | os.PathLike[str]) -> str:
     meta = load_world_meta(root)
     got = world_fingerprint(root, sorted(meta["files"] + list(_REQUIRED)))
     if got != meta["fingerprint"]:
-        raise ValueError(f"{root}: content fingerprint {got} != recorded {meta['fingerprint']} (files were modified)")
+        raise ValueError(
+            f"{root}: content fingerprint {got} != recorded {meta['fingerprint']} (files were modified)"
+        )
     return got
 
 
@@ -662,8 +780,9 @@ def _load_images(image_root: Path, names: list[str]) -> np.ndarray:
     return np.stack(out)
 
 
-def train_seen_extractor(world_root: str | os.PathLike[str], ecfg: SeenExtractorConfig,
-                         out_path: str | os.PathLike[str]) -> dict[str, Any]:
+def train_seen_extractor(
+    world_root: str | os.PathLike[str], ecfg: SeenExtractorConfig, out_path: str | os.PathLike[str]
+) -> dict[str, Any]:
     """Train the demo CNN on the world's training names (seen tags only) and save its backbone weights (safetensors,
     atomically, ``TinyBackbone`` key names) to ``out_path``. Returns a summary (losses per epoch, the classifier's
     mAP on the held-out validation names' seen tags)."""
@@ -696,7 +815,9 @@ def train_seen_extractor(world_root: str | os.PathLike[str], ecfg: SeenExtractor
     params = [*backbone.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=ecfg.lr, weight_decay=ecfg.weight_decay)
     steps = ecfg.epochs * math.ceil(n_fit / ecfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=ecfg.lr, total_steps=max(steps, 1), pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=ecfg.lr, total_steps=max(steps, 1), pct_start=0.15
+    )
     gen = torch.Generator().manual_seed(ecfg.seed)
 
     def scores(x: torch.Tensor) -> torch.Tensor:
@@ -711,14 +832,15 @@ def train_seen_extractor(world_root: str | os.PathLike[str], ecfg: SeenExtractor
         perm = torch.randperm(n_fit, generator=gen)
         total, count = 0.0, 0
         for b in range(0, n_fit, ecfg.batch_size):
-            idx = perm[b: b + ecfg.batch_size]
+            idx = perm[b : b + ecfg.batch_size]
             x = prep(idx)
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x[flip] = x[flip].flip(3)
             t = y[idx]
             mask = (t != 0).float()
-            loss = (F.binary_cross_entropy_with_logits(scores(x), (t + 1) / 2, reduction="none") * mask).sum() \
-                / mask.sum().clamp_min(1.0)
+            loss = (
+                F.binary_cross_entropy_with_logits(scores(x), (t + 1) / 2, reduction="none") * mask
+            ).sum() / mask.sum().clamp_min(1.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -732,12 +854,18 @@ def train_seen_extractor(world_root: str | os.PathLike[str], ecfg: SeenExtractor
     if n_fit < len(names):
         with torch.no_grad():
             idx = torch.arange(n_fit, len(names))
-            s = torch.cat([scores(prep(idx[i: i + 256])) for i in range(0, len(idx), 256)]).numpy()
+            s = torch.cat([scores(prep(idx[i : i + 256])) for i in range(0, len(idx), 256)]).numpy()
         val_map = float(mean_average_precision(s, labels[n_fit:])["mAP"])
     spec = json.dumps({"version": EXTRACTOR_VERSION, **asdict(ecfg)}, sort_keys=True)
     save_safetensors(out_path, backbone.state_dict(), metadata={"spec": spec, "world": meta["fingerprint"]})
-    return {"spec": json.loads(spec), "world_fingerprint": meta["fingerprint"], "fit_images": n_fit,
-            "history": history, "val_seen_mAP": val_map, "seconds": time.perf_counter() - t0}
+    return {
+        "spec": json.loads(spec),
+        "world_fingerprint": meta["fingerprint"],
+        "fit_images": n_fit,
+        "history": history,
+        "val_seen_mAP": val_map,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def default_world_root(cfg: MultilabelWorldConfig | None = None) -> Path:
@@ -775,15 +903,23 @@ def _h5_is_current(h5: Path, weights: Path, names: list[str], image_size: int) -
         meta = json.loads(side.read_text(encoding="utf-8"))
     except ValueError:
         return False, "unreadable sidecar"
-    expected = {"backbone": "tiny", "resolution": image_size, "image_list_sha256": list_hash(names),
-                "weights_file_sha256": file_sha256(weights)}
+    expected = {
+        "backbone": "tiny",
+        "resolution": image_size,
+        "image_list_sha256": list_hash(names),
+        "weights_file_sha256": file_sha256(weights),
+    }
     diff = [k for k, v in expected.items() if meta.get(k) != v]
     return (not diff), ("stale: " + ", ".join(diff)) if diff else "current"
 
 
-def prepare_multilabel_world(cfg: MultilabelWorldConfig | None = None, root: str | os.PathLike[str] | None = None,
-                             extractor: SeenExtractorConfig | None = None, *, batch_size: int = 128
-                             ) -> dict[str, Any]:
+def prepare_multilabel_world(
+    cfg: MultilabelWorldConfig | None = None,
+    root: str | os.PathLike[str] | None = None,
+    extractor: SeenExtractorConfig | None = None,
+    *,
+    batch_size: int = 128,
+) -> dict[str, Any]:
     """Build whatever is missing of the demo benchmark and return its paths; reuse what is current.
 
     1. the world (:func:`export_multilabel_world`) at ``root`` (default :func:`default_world_root`);
@@ -837,8 +973,14 @@ def prepare_multilabel_world(cfg: MultilabelWorldConfig | None = None, root: str
     t = time.perf_counter()
     for h5, names, items in (
         (fdir / TRAIN_H5, train_names, lambda: [(n, train_labels[i]) for i, n in enumerate(train_names)]),
-        (fdir / TEST_H5, test_names,
-         lambda: [(n, {"labels": test_labels[i], "labels_81": test_labels[i, ns:]}) for i, n in enumerate(test_names)]),
+        (
+            fdir / TEST_H5,
+            test_names,
+            lambda: [
+                (n, {"labels": test_labels[i], "labels_81": test_labels[i, ns:]})
+                for i, n in enumerate(test_names)
+            ],
+        ),
     ):
         ok, why = _h5_is_current(h5, weights, names, cfg.image_size)
         if ok:
@@ -852,9 +994,20 @@ def prepare_multilabel_world(cfg: MultilabelWorldConfig | None = None, root: str
         timings["features"] = time.perf_counter() - t
     info = {k: v for k, v in meta.items() if k != "files"}
     return {
-        "root": root, "image_root": root / IMAGE_DIR, "tags": root / TAGS_FILE, "concepts": root / CONCEPTS_FILE,
-        "glove": root / GLOVE_FILE, "train_names": root / TRAIN_NAMES_FILE, "test_names": root / TEST_NAMES_FILE,
-        "train_h5": fdir / TRAIN_H5, "test_h5": fdir / TEST_H5, "train_sidecar": sidecar_path(fdir / TRAIN_H5),
-        "test_sidecar": sidecar_path(fdir / TEST_H5), "extractor_weights": weights, "world_json": root / "world.json",
-        "world": info, "extractor": summary, "timings": timings,
+        "root": root,
+        "image_root": root / IMAGE_DIR,
+        "tags": root / TAGS_FILE,
+        "concepts": root / CONCEPTS_FILE,
+        "glove": root / GLOVE_FILE,
+        "train_names": root / TRAIN_NAMES_FILE,
+        "test_names": root / TEST_NAMES_FILE,
+        "train_h5": fdir / TRAIN_H5,
+        "test_h5": fdir / TEST_H5,
+        "train_sidecar": sidecar_path(fdir / TRAIN_H5),
+        "test_sidecar": sidecar_path(fdir / TEST_H5),
+        "extractor_weights": weights,
+        "world_json": root / "world.json",
+        "world": info,
+        "extractor": summary,
+        "timings": timings,
     }

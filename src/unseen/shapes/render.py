@@ -36,14 +36,28 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 }
 
 SHAPES: tuple[str, ...] = (
-    "circle", "ellipse", "square", "rectangle", "bar", "triangle", "diamond", "pentagon", "hexagon",
-    "star", "cross", "fork", "crescent",
+    "circle",
+    "ellipse",
+    "square",
+    "rectangle",
+    "bar",
+    "triangle",
+    "diamond",
+    "pentagon",
+    "hexagon",
+    "star",
+    "cross",
+    "fork",
+    "crescent",
 )
 PATTERNS: tuple[str, ...] = ("solid", "stripes", "dots", "checker", "rings", "gradient")
 
 
 def _regular(n: int, size: float, phase: float) -> list[tuple[float, float]]:
-    return [(size * math.cos(phase + 2 * math.pi * k / n), size * math.sin(phase + 2 * math.pi * k / n)) for k in range(n)]
+    return [
+        (size * math.cos(phase + 2 * math.pi * k / n), size * math.sin(phase + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
 
 
 def _unit_shape(shape: str, size: float) -> list[tuple[float, float]]:
@@ -53,7 +67,9 @@ def _unit_shape(shape: str, size: float) -> list[tuple[float, float]]:
     if shape == "circle":
         return _regular(40, s, 0.0)
     if shape == "ellipse":
-        return [(s * math.cos(t), 0.62 * s * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 40, endpoint=False)]
+        return [
+            (s * math.cos(t), 0.62 * s * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 40, endpoint=False)
+        ]
     if shape == "square":
         return _regular(4, s, math.pi / 4)
     if shape == "diamond":
@@ -77,18 +93,35 @@ def _unit_shape(shape: str, size: float) -> list[tuple[float, float]]:
         return pts
     if shape == "cross":
         a, b = 0.34 * s, s
-        return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
+        return [
+            (-a, -b),
+            (a, -b),
+            (a, -a),
+            (b, -a),
+            (b, a),
+            (a, a),
+            (a, b),
+            (-a, b),
+            (-a, a),
+            (-b, a),
+            (-b, -a),
+            (-a, -a),
+        ]
     if shape == "fork":  # a chevron / swallow tail opening to the right
         return [(-s, -0.25 * s), (s, -s), (s, -0.45 * s), (0.0, 0.0), (s, 0.45 * s), (s, s), (-s, 0.25 * s)]
     if shape == "crescent":
         outer = [(s * math.cos(t), s * math.sin(t)) for t in np.linspace(-0.5 * math.pi, 0.5 * math.pi, 20)]
-        inner = [(0.25 * s + 0.75 * s * math.cos(t) * 0.7, s * math.sin(t))
-                 for t in np.linspace(0.5 * math.pi, -0.5 * math.pi, 20)]
+        inner = [
+            (0.25 * s + 0.75 * s * math.cos(t) * 0.7, s * math.sin(t))
+            for t in np.linspace(0.5 * math.pi, -0.5 * math.pi, 20)
+        ]
         return outer + inner
     raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
 
 
-def shape_polygon(shape: str, center: Sequence[float], size: float, rotation: float = 0.0) -> list[tuple[float, float]]:
+def shape_polygon(
+    shape: str, center: Sequence[float], size: float, rotation: float = 0.0
+) -> list[tuple[float, float]]:
     """Polygon vertices of ``shape`` with circumradius ``size`` (pixels) at ``center``, rotated by ``rotation`` degrees."""
     cx, cy = float(center[0]), float(center[1])
     t = math.radians(rotation)
@@ -116,8 +149,16 @@ def secondary_colour(rgb: Sequence[float]) -> np.ndarray:
 
 
 def pattern_texture(
-    pattern: str, h: int, w: int, center: Sequence[float], period: float, rotation: float,
-    colour: Sequence[float], second: Sequence[float] | None = None, x0: int = 0, y0: int = 0,
+    pattern: str,
+    h: int,
+    w: int,
+    center: Sequence[float],
+    period: float,
+    rotation: float,
+    colour: Sequence[float],
+    second: Sequence[float] | None = None,
+    x0: int = 0,
+    y0: int = 0,
 ) -> np.ndarray:
     """RGB texture ``h x w x 3`` for the canvas window starting at ``(x0, y0)``.
 
@@ -127,7 +168,7 @@ def pattern_texture(
     c2 = secondary_colour(c1) if second is None else np.asarray(second, dtype=np.float32)
     if pattern == "solid":
         return np.broadcast_to(c1, (h, w, 3))
-    ys, xs = np.mgrid[y0:y0 + h, x0:x0 + w].astype(np.float32)
+    ys, xs = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
     xs -= float(center[0])
     ys -= float(center[1])
     t = math.radians(rotation)
@@ -190,8 +231,9 @@ def draw_object(
     m = _mask(local, y1 - y0, x1 - x0)
     if pattern_rotation is None:
         pattern_rotation = float(rng.uniform(0, 180)) if rng is not None else rotation
-    tex = pattern_texture(pattern, y1 - y0, x1 - x0, center, pattern_period or 0.55 * size, pattern_rotation,
-                          rgb, x0=x0, y0=y0)
+    tex = pattern_texture(
+        pattern, y1 - y0, x1 - x0, center, pattern_period or 0.55 * size, pattern_rotation, rgb, x0=x0, y0=y0
+    )
     a = (m * alpha)[..., None]
     win = canvas[y0:y1, x0:x1]
     win *= 1.0 - a
@@ -204,22 +246,36 @@ def draw_object(
     return mask
 
 
-def background(size: int, rng: np.random.Generator, *, saturation: float = 0.25, blotches: int = 4) -> np.ndarray:
+def background(
+    size: int, rng: np.random.Generator, *, saturation: float = 0.25, blotches: int = 4
+) -> np.ndarray:
     """A muted, smoothly varying background canvas ``size x size x 3`` (float32 in [0, 1])."""
     base = rng.uniform(0.42, 0.72)
     tint = rng.normal(0.0, saturation * 0.25, size=3)
     grid = rng.normal(0.0, 0.07, size=(blotches, blotches, 3))
-    low = np.asarray(
-        Image.fromarray(((grid + 0.5).clip(0, 1) * 255).astype(np.uint8), "RGB").resize((size, size), Image.BICUBIC),
-        dtype=np.float32,
-    ) / 255.0 - 0.5
+    low = (
+        np.asarray(
+            Image.fromarray(((grid + 0.5).clip(0, 1) * 255).astype(np.uint8), "RGB").resize(
+                (size, size), Image.BICUBIC
+            ),
+            dtype=np.float32,
+        )
+        / 255.0
+        - 0.5
+    )
     canvas = np.clip(base + tint + low, 0.0, 1.0).astype(np.float32)
     return canvas
 
 
 def add_clutter(
-    canvas: np.ndarray, rng: np.random.Generator, n: int, *, min_size: float, max_size: float,
-    alpha: tuple[float, float] = (0.3, 0.7), colours: Sequence[str] | None = None,
+    canvas: np.ndarray,
+    rng: np.random.Generator,
+    n: int,
+    *,
+    min_size: float,
+    max_size: float,
+    alpha: tuple[float, float] = (0.3, 0.7),
+    colours: Sequence[str] | None = None,
     shapes: Sequence[str] = ("circle", "square", "triangle", "bar", "cross", "diamond"),
     avoid: np.ndarray | None = None,
 ) -> None:
@@ -236,25 +292,43 @@ def add_clutter(
                 break
         a = float(rng.uniform(*alpha))
         col = np.asarray(COLOURS[names[int(rng.integers(len(names)))]], dtype=np.float32)
-        col = col * 0.6 + canvas[min(int(cy), h - 1), min(int(cx), w - 1)] * 0.4  # muted towards the background
+        col = (
+            col * 0.6 + canvas[min(int(cy), h - 1), min(int(cx), w - 1)] * 0.4
+        )  # muted towards the background
         if rng.random() < 0.3:  # a thin line (twig / grass)
             ang = rng.uniform(0, 2 * math.pi)
             length = rng.uniform(max_size, 3 * max_size)
             img = Image.new("L", (w, h), 0)
             ImageDraw.Draw(img).line(
                 [(cx, cy), (cx + length * math.cos(ang), cy + length * math.sin(ang))],
-                fill=255, width=max(1, int(round(min_size * 0.4))),
+                fill=255,
+                width=max(1, int(round(min_size * 0.4))),
             )
             m = (np.asarray(img, dtype=np.float32) / 255.0)[..., None] * a
             canvas *= 1.0 - m
             canvas += col * m
         else:
-            draw_object(canvas, (cx, cy), float(rng.uniform(min_size, max_size)), shapes[int(rng.integers(len(shapes)))],
-                        col, "solid", float(rng.uniform(0, 360)), alpha=a)
+            draw_object(
+                canvas,
+                (cx, cy),
+                float(rng.uniform(min_size, max_size)),
+                shapes[int(rng.integers(len(shapes)))],
+                col,
+                "solid",
+                float(rng.uniform(0, 360)),
+                alpha=a,
+            )
 
 
-def finish_image(canvas: np.ndarray, out_size: int, rng: np.random.Generator, *, noise: float = 0.03,
-                 brightness: float = 0.06, contrast: float = 0.08) -> Image.Image:
+def finish_image(
+    canvas: np.ndarray,
+    out_size: int,
+    rng: np.random.Generator,
+    *,
+    noise: float = 0.03,
+    brightness: float = 0.06,
+    contrast: float = 0.08,
+) -> Image.Image:
     """Global brightness/contrast jitter, anti-aliased reduction to ``out_size`` and Gaussian pixel noise.
 
     ``noise``, ``brightness``, ``contrast``: standard deviations in [0, 1] intensity units / relative units.
@@ -271,7 +345,9 @@ def finish_image(canvas: np.ndarray, out_size: int, rng: np.random.Generator, *,
     return Image.fromarray((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), "RGB")
 
 
-def image_grid(images: Sequence[Image.Image], cols: int, pad: int = 2, fill: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+def image_grid(
+    images: Sequence[Image.Image], cols: int, pad: int = 2, fill: tuple[int, int, int] = (255, 255, 255)
+) -> Image.Image:
     """Tile equally sized images into a grid (row-major) with ``pad`` pixels between them."""
     if not images:
         raise ValueError("image_grid: no images")
