@@ -62,10 +62,10 @@ def test_run_folder_and_results(mgmrn_run):
     assert len(lines) == sel["epoch"] + 1
     # headline H is recomputed from the saved scores with the saved gamma
     from unseen.attribute.metrics import gzsl_accuracy
-    from unseen.attribute.task import AttributeRun
+    from unseen.attribute.task import AttributeTask
     from unseen.config import load_config
 
-    run = AttributeRun(load_config(run_dir / "config.yaml"), run_dir)
+    run = AttributeTask(load_config(run_dir / "config.yaml"), run_dir)
     d = run.data
     idx = np.concatenate([d.test_seen_loc, d.test_unseen_loc])
     r = gzsl_accuracy(
@@ -89,10 +89,10 @@ def test_predict_top_k(mgmrn_run):
     run_dir, _ = mgmrn_run
     info = json.loads((run_dir / "classes.json").read_text())
     cfg_root = json.loads((run_dir / "results.json").read_text())
-    from unseen.attribute.task import AttributeRun
+    from unseen.attribute.task import AttributeTask
     from unseen.config import load_config
 
-    d = AttributeRun(load_config(run_dir / "config.yaml"), run_dir).data
+    d = AttributeTask(load_config(run_dir / "config.yaml"), run_dir).data
     img = d.image_files[int(d.test_unseen_loc[0])]
     out = runs.predict(run_dir, [img], classes="unseen", topk=2)
     assert len(out) == 1 and len(out[0]["top"]) == 2
@@ -169,7 +169,7 @@ def test_backbone_pretraining_is_deterministic(tmp_path):
     import torch
     import yaml
 
-    from unseen.attribute.task import pretrain_tiny_backbone
+    from unseen.attribute.datasets import pretrain_tiny_backbone
     from unseen.config import build_dataclass
     from unseen.shapes import AttributeWorldConfig, export_attribute_world
 

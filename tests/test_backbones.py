@@ -1,4 +1,4 @@
-"""Backbones: multi-scale maps, partial forwards, local weights files, transforms, pooled features."""
+"""Backbones: multi-scale maps, partial forwards, local weights files, transforms."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, TensorDataset
 
 from unseen.backbones import (
     IMAGENET_MEAN,
@@ -15,7 +14,6 @@ from unseen.backbones import (
     build_backbone,
     build_feature_extractor,
     make_transforms,
-    pooled_features,
 )
 
 
@@ -174,16 +172,3 @@ def test_transforms_follow_the_spec():
     assert tuple(train(img).shape) == (3, 448, 448) and tuple(test(img).shape) == (3, 448, 448)
     norm = test.transforms[-1]
     assert tuple(norm.mean) == IMAGENET_MEAN and tuple(norm.std) == IMAGENET_STD
-
-
-def test_pooled_features_are_mean_of_c5():
-    torch.manual_seed(0)
-    bb = build_backbone("tiny")
-    x = torch.randn(5, 3, 64, 64)
-    loader = DataLoader(TensorDataset(x, torch.zeros(5, dtype=torch.long)), batch_size=2)
-    feats = pooled_features(bb, loader, "cpu")
-    assert feats.shape == (5, 128) and feats.dtype == np.float32
-    assert bb.training  # mode restored
-    with torch.no_grad():
-        ref = bb.eval()(x)[-1].mean((2, 3)).numpy()
-    np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)

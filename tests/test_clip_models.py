@@ -434,7 +434,7 @@ def test_registry_and_errors(clip):
         Refiner(RefinerConfig(refine_blocks=3), clip, ATTRS, OBJS)  # the test CLIP has 2 visual blocks
     with pytest.raises(ConfigError, match="branch_heads"):
         Refiner(RefinerConfig(refine_blocks=2, branch_heads=7), clip, ATTRS, OBJS)
-    for bad in ({"cmt": True}, {"query_pool": "sum"}, {"beta": 1.5}, {"vocab_dropout": 1.0}):
+    for bad in ({"query_pool": "sum"}, {"beta": 1.5}, {"vocab_dropout": 1.0}):
         with pytest.raises(ConfigError):
             RefinerConfig(**bad)
     with pytest.raises(ConfigError, match="template"):

@@ -22,7 +22,6 @@ from unseen.compositional.data import (
     check_czsl,
     clip_transforms,
     feasibility_scores,
-    feasibility_thresholds,
     feasible_mask,
     glove_words,
     load_czsl,
@@ -32,6 +31,7 @@ from unseen.compositional.data import (
     read_pairs,
     save_feasibility,
 )
+from unseen.compositional.metrics import feasibility_thresholds
 from unseen.io import DataFormatError, UnsafeFileError
 
 ATTRS = [
@@ -590,5 +590,5 @@ def test_feasibility_file_and_thresholds(tmp_path):
     np.testing.assert_allclose(np.diff(th), (max(unseen_vals) - min(unseen_vals)) / 49)
     keep = feasible_mask(f, seen, th[10])
     assert keep.tolist() == [bool(s) or float(x) >= th[10] for x, s in zip(f, seen)]
-    with pytest.raises(ValueError, match="every pair is seen"):
+    with pytest.raises(DataFormatError, match="no unseen column"):
         feasibility_thresholds(f, np.ones(30, bool))

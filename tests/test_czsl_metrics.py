@@ -425,6 +425,32 @@ def test_threshold_search_equals_brute_force():
     assert chosen > 10
 
 
+def test_feasibility_thresholds_one_implementation_for_both_call_sites():
+    # the formula of the removed unseen.compositional.data.feasibility_thresholds (linspace over unseen pairs)
+    def former_data_helper(f, seen_mask, n=50):
+        f = np.asarray(f, np.float64).ravel()
+        u = f[~np.asarray(seen_mask, bool).ravel()]
+        return np.linspace(u.min(), u.max(), n)
+
+    rng = np.random.default_rng(8)
+    for i in range(20):
+        pairs, seen, y, _, f = _ow_case(rng)
+        if seen.all():
+            continue
+        f = rng.uniform(-0.2, 0.8, len(f)).astype(np.float32 if i % 2 else np.float64)
+        f[seen] = 0.0
+        n = 50 if i % 3 else 7
+        want = former_data_helper(f, seen, n)
+        np.testing.assert_array_equal(feasibility_thresholds(f, seen, n=n), want)  # data-level callers
+        ts = ThresholdSearch(pairs, seen, f, y, n_thresholds=n)  # the evaluator's default thresholds
+        np.testing.assert_array_equal(ts.thresholds, want)
+        em = rng.random(len(f)) < 0.7
+        if (em & ~seen).any():
+            em |= seen
+            ts = ThresholdSearch(pairs, seen, f, y, eval_mask=em, n_thresholds=n)
+            np.testing.assert_array_equal(ts.thresholds, feasibility_thresholds(f, seen, em, n))
+
+
 def test_threshold_search_keeps_everything_when_all_auc_zero():
     rng = np.random.default_rng(6)
     pairs, seen, y, s, f = _ow_case(rng)

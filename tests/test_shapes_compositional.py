@@ -25,7 +25,7 @@ from unseen.compositional.pretrain import (
     zero_shot_accuracy,
 )
 from unseen.io import DataFormatError
-from unseen.shapes.attribute_world import WorldExistsError
+from unseen.shapes.common import WorldExistsError
 from unseen.shapes.compositional_world import (
     SPLIT_NAME,
     CompositionalWorldConfig,

@@ -19,7 +19,7 @@ from unseen.multilabel.data import (
     load_nus_wide_glove,
     load_nus_wide_labels,
 )
-from unseen.shapes.attribute_world import WorldExistsError
+from unseen.shapes.common import WorldExistsError, load_world_meta
 from unseen.shapes.multilabel_world import (
     GLOVE_FILE,
     IMAGE_DIR,
@@ -30,7 +30,6 @@ from unseen.shapes.multilabel_world import (
     category_vector,
     clean_labels,
     export_multilabel_world,
-    load_world_meta,
     noisy_tags,
     render_scene,
     verify_multilabel_world,

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -60,10 +59,6 @@ class MultiScaleBackbone(nn.Module):
             h = stage(h)
             maps.append(h)
         return maps
-
-    def forward_until(self, x: torch.Tensor, level_index: int) -> list[torch.Tensor]:
-        """Alias of ``forward(x, upto=level_index)``."""
-        return self.forward(x, upto=level_index)
 
     def forward_from(self, h: torch.Tensor, start: int, upto: int | None = None) -> list[torch.Tensor]:
         """Continue from map ``start - 1`` (``h``): maps ``start .. upto`` (``start`` in 1..2)."""
@@ -156,7 +151,7 @@ class TinyBackbone(MultiScaleBackbone):
         self.layer2 = _BasicBlock(s, widths[0], 2)
         self.layer3 = _BasicBlock(widths[0], widths[1], 2)
         self.layer4 = _BasicBlock(widths[1], widths[2], 2)
-        self.out_channels = widths  # type: ignore[assignment]
+        self.out_channels = widths
         self.strides = (4, 8, 16)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -313,8 +308,8 @@ def load_weights(
 
 # --------------------------------------------------------------------------------------------- transforms
 def make_transforms(image_size: int, train: bool) -> Any:
-    """Spec §2.2. Train: shorter side -> image_size*8/7, RandomCrop, h-flip, normalise. Test: shorter side ->
-    image_size, CenterCrop, normalise."""
+    """The Mg-MRN / ReZSL release transforms. Train: shorter side -> image_size*8/7, RandomCrop, h-flip,
+    normalise. Test: shorter side -> image_size, CenterCrop, normalise."""
     from torchvision import transforms as T
 
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
@@ -328,36 +323,6 @@ def make_transforms(image_size: int, train: bool) -> Any:
             ]
         )
     return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), *norm])
-
-
-# --------------------------------------------------------------------------------------------- pooled
-@torch.no_grad()
-def pooled_features(
-    backbone: nn.Module, loader: Iterable[Any], device: torch.device | str = "cpu"
-) -> np.ndarray:
-    """N x C5-channels global-average-pooled last maps (float32), for closed-form methods such as ESZSL.
-
-    ``loader`` yields ``images`` or ``(images, labels)`` batches; the backbone runs in eval mode.
-    """
-    was_training = backbone.training
-    backbone.eval().to(device)
-    rows = []
-    try:
-        for batch in loader:
-            images = batch[0] if isinstance(batch, (list, tuple)) else batch
-            out = backbone(images.to(device))
-            last = out[-1] if isinstance(out, (list, tuple)) else out
-            rows.append(last.float().mean(dim=(2, 3)).cpu().numpy())
-    finally:
-        backbone.train(was_training)
-    if not rows:
-        return np.zeros((0, _last_channels(backbone)), dtype=np.float32)
-    return np.concatenate(rows, 0).astype(np.float32)
-
-
-def _last_channels(backbone: nn.Module) -> int:
-    ch = getattr(backbone, "out_channels", 0)
-    return int(ch[-1] if isinstance(ch, (tuple, list)) else ch)
 
 
 def n_halvings(stride_from: int, stride_to: int) -> int:
@@ -381,6 +346,5 @@ __all__ = [
     "build_feature_extractor",
     "load_weights",
     "make_transforms",
-    "pooled_features",
     "read_state_dict",
 ]

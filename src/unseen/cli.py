@@ -31,9 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train + evaluate every method on the embedded benchmark (no download)")
-    d.add_argument(
-        "setting", nargs="?", default="attribute", choices=["attribute", "multilabel", "compositional"]
-    )
+    d.add_argument("setting", nargs="?", default="attribute", help="attribute | multilabel | compositional")
     d.add_argument("--output-dir", default="runs")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo method's config")
 
@@ -90,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--device", default="cpu")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
-    sub.add_parser("list", help="registered models and datasets")
+    sub.add_parser("list", help="registered models and datasets, packaged configs")
     return p
 
 
@@ -181,13 +179,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"{meta['layer']}); provenance in {out}.json"
         )
     elif args.command == "list":
-        from unseen.registry import DATASETS, MODELS, _ensure_loaded
+        from unseen.registry import DATASETS, MODELS, list_settings
 
-        _ensure_loaded()
+        list_settings()  # loads the settings
         for title, table in (("models", MODELS), ("datasets", DATASETS)):
             print(f"{title}:")
             for (setting, n), e in sorted(table.items()):
                 print(f"  {setting:13s} {n:14s} {e.description}")
+        print("configs (unseen train NAME):")
+        for name in runs.packaged_configs():
+            print(f"  {name}")
     return 0
 
 

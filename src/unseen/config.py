@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -40,9 +41,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     lr_step: int = 0  # StepLR step size in epochs (0 = constant LR)
     lr_gamma: float = 0.1
-    lr_shift_compat: bool = (
-        False  # reproduce the release's StepLR stepped at epoch start (decay one epoch early)
-    )
+    lr_shift_compat: bool = False  # the release's StepLR stepped at epoch start (decay one epoch early)
     lr_schedule: str = "step"  # step (StepLR by lr_step/lr_gamma) | cosine (per epoch, down to min_lr)
     warmup_epochs: int = 0  # linear warm-up from lr/warmup_epochs (both schedules)
     min_lr: float = 0.0  # cosine floor
@@ -57,24 +56,30 @@ class TrainConfig:
     eval_every: int = 1
     progress: bool = True  # tqdm bars (silent off-terminal and under CI=true anyway)
 
+    def __post_init__(self) -> None:
+        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for key in ("epochs", "lr_step", "warmup_epochs", "batches_per_epoch", "shots", "num_workers"):
+            check_range(f"train.{key}", getattr(self, key), low=0)
+        for key in ("batch_size", "grad_accum", "eval_every"):
+            check_range(f"train.{key}", getattr(self, key), low=1)
+        check_range("train.lr", self.lr, low=0, inclusive=False)
+        check_range("train.lr_gamma", self.lr_gamma, low=0, inclusive=False)
+        check_range("train.momentum", self.momentum, low=0, high=1)
+        for key in ("weight_decay", "min_lr", "grad_clip"):
+            check_range(f"train.{key}", getattr(self, key), low=0)
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings (setting-specific keys are ignored by the other settings)."""
+    """Evaluation settings every setting reads; a setting with more declares a subclass (its task's ``sections``)."""
 
-    gamma: str = "val"  # attribute GZSL calibration: val | fixed:<value> | none
-    calibrate: bool = True  # run the validation (calibration) phase that picks the epoch and gamma
     batch_size: int = 64
-    oracle: bool = True  # also report the test-set oracle block (labelled as such)
-    ausuc: str = "grid"  # grid | exact
 
-
-@dataclass
-class FeaturesConfig:
-    """Frozen-backbone mode: backbone outputs computed once per image and cached (with a provenance sidecar)."""
-
-    cache: bool = False  # true = freeze the backbone and train the head on cached maps (no augmentation)
-    cache_dir: str = ""  # default: $UNSEEN_CACHE/features or ~/.cache/unseen/features
+    def __post_init__(self) -> None:
+        check_range("eval.batch_size", self.batch_size, low=1)
 
 
 @dataclass
@@ -88,9 +93,30 @@ class RunConfig:
     data: Any = None  # dataset schema (registered with the dataset), chosen by data.name
     model: Any = None  # model schema (registered with the model), chosen by model.name
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    eval: Any = None  # the setting's eval schema (its task's ``sections``)
+    features: Any = None  # only for settings that declare a ``features`` section
     notes: str = ""
+
+
+# --------------------------------------------------------------------------------------------- checks
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("step", "cosine")
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def check_range(
+    key: str, value: float, low: float | None = None, high: float | None = None, inclusive: bool = True
+) -> None:
+    """``low <= value`` (``<`` when not ``inclusive``) and ``value < high``."""
+    ok = (low is None or (value >= low if inclusive else value > low)) and (high is None or value < high)
+    if not ok:
+        lo = "" if low is None else f"{'>=' if inclusive else '>'} {low}"
+        hi = "" if high is None else f"< {high}"
+        raise ConfigError(f"{key}: expected a value {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -132,7 +158,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {_type_name(tp)} keys, got {value!r}")
-        return build_dataclass(tp, value, where)
+        return build_dataclass(typing.cast(type, tp), value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -146,11 +172,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if value is None or isinstance(value, (dict, list)):
@@ -253,23 +281,40 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_run_config(tree: dict[str, Any], where: str = "config") -> RunConfig:
-    """Validate a config tree. ``model`` and ``data`` are checked against their registered schemas."""
-    from unseen.registry import get_dataset_entry, get_model_entry
+    """Validate a config tree. ``model`` and ``data`` are checked against their registered schemas, the other
+    sections against the setting's task (a section the setting does not read is an error, not ignored)."""
+    from unseen.registry import get_dataset_entry, get_model_entry, get_task
 
     tree = copy.deepcopy(tree)
     model = tree.pop("model", None) or {}
     data = tree.pop("data", None) or {}
+    setting = tree.get("setting", RunConfig.setting)
+    try:
+        task = get_task(setting)
+    except KeyError as exc:
+        raise ConfigError(f"{where}.setting: {exc.args[0]}") from None
+    sections = {k: tree.pop(k) for k in ("eval", "features") if tree.get(k) is not None}
     cfg = build_dataclass(RunConfig, tree, where)
+    for key in sections:
+        if key not in task.sections:
+            raise ConfigError(f"{where}.{key}: the {setting} setting has no '{key}' section")
+    for key, schema in task.sections.items():
+        setattr(cfg, key, build_dataclass(schema, sections.get(key) or {}, f"{where}.{key}"))
+    entries = {}
     for section, values, getter in (("model", model, get_model_entry), ("data", data, get_dataset_entry)):
         if not isinstance(values, dict) or "name" not in values:
             raise ConfigError(f"{where}.{section}: a '{section}.name' is required")
         try:
-            entry = getter(values["name"], cfg.setting)
+            entries[section] = entry = getter(values["name"], cfg.setting)
         except KeyError as exc:
             raise ConfigError(f"{where}.{section}.name: {exc.args[0]}") from None
         schema = entry.config
         setattr(
             cfg, section, build_dataclass(schema, values, f"{where}.{section}") if schema else dict(values)
+        )
+    if entries["model"].fit == "engine" and cfg.train.epochs < 1:
+        raise ConfigError(
+            f"{where}.train.epochs: model '{cfg.model.name}' is trained: expected at least 1, got {cfg.train.epochs}"
         )
     return cfg
 
@@ -285,5 +330,47 @@ def load_config(
     return build_run_config(tree, where=str(path) if path else "config")
 
 
+# Keys that earlier versions wrote into every run's config.yaml with these values, and that no longer exist for
+# some settings (one eval/features schema for all settings). A run folder written then still loads; a value other
+# than the old default would have changed that run, so it is still an error.
+RETIRED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "eval": {"gamma": "val", "calibrate": True, "oracle": True, "ausuc": "grid"},
+    "features": {"cache": False, "cache_dir": ""},
+    "model": {"cmt": False},
+}
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The saved config of a run folder (``config.yaml``), with the keys earlier versions wrote by default."""
+    from unseen.registry import get_model_entry, get_task
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
+    tree = load_yaml(path)
+    try:
+        task = get_task(tree.get("setting", RunConfig.setting))
+        model_schema = get_model_entry(tree["model"]["name"], task.setting).config
+    except (KeyError, TypeError):
+        task, model_schema = None, None
+    if task is not None:
+        for section, old in RETIRED_DEFAULTS.items():
+            values = tree.get(section)
+            if not isinstance(values, dict):
+                continue
+            schema = model_schema if section == "model" else task.sections.get(section)
+            known = {f.name for f in dataclasses.fields(schema)} if schema else set()
+            for key, default in old.items():
+                if key not in known and values.get(key, object()) == default:
+                    del values[key]
+            if section != "model" and schema is None and not values:
+                del tree[section]
+    tree = apply_overrides(tree, overrides or [])
+    return build_run_config(tree, where=str(path))
+
+
 def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    tree = to_dict(cfg)
+    if isinstance(cfg, RunConfig):  # sections the setting does not have are left out, not written as null
+        tree = {k: v for k, v in tree.items() if not (k in ("eval", "features") and v is None)}
+    return yaml.safe_dump(tree, sort_keys=False)

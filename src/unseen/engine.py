@@ -253,7 +253,7 @@ class Engine:
 
     # ---- checkpoints
     def _rng_state(self) -> dict[str, Any]:
-        np_state = np.random.get_state()
+        np_state: Any = np.random.get_state()
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
@@ -456,9 +456,3 @@ class Engine:
             if hasattr(bar, "set_postfix") and n % 10 == 0:
                 bar.set_postfix(loss=f"{sum(v for k, v in totals.items() if k.startswith('loss')) / n:.3f}")
         return {f"train/{k}": v / max(n, 1) for k, v in totals.items()}
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load ``best.safetensors`` / ``last.safetensors`` into ``model`` (strict)."""
-    model.load_state_dict(load_safetensors(path))
-    return model

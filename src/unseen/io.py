@@ -70,7 +70,7 @@ def _populate_allowlist() -> None:
     _allow("_codecs", "encode", __import__("codecs").encode)
 
 
-def _frombuffer(buf: bytes, dtype: Any, shape: Any, order: str) -> np.ndarray:  # pragma: no cover
+def _frombuffer(buf: bytes, dtype: Any, shape: Any, order: Any) -> np.ndarray:  # pragma: no cover
     return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
 
 

@@ -1,4 +1,4 @@
-"""Run folders and the library entry points behind the CLI (train, eval, predict, demo, data check)."""
+"""Run folders and the library entry points behind the CLI (train, eval, predict, demo)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from unseen.config import RunConfig, load_config
+from unseen.config import ConfigError, RunConfig, load_config, load_run_config
+from unseen.registry import get_task
+from unseen.task import open_run
 
 log = logging.getLogger("unseen")
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Runnable packaged configs (``setting/name``); ``_base_*`` fragments are only included by others."""
+    return sorted(
+        f"{f.parent.name}/{f.stem}" for f in PACKAGE_CONFIGS.glob("*/*.yaml") if not f.name.startswith("_")
+    )
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -23,11 +30,12 @@ def resolve_config_path(name: str | Path) -> Path:
     p = Path(name)
     if p.is_file():
         return p
-    for cand in (PACKAGE_CONFIGS / f"{name}", PACKAGE_CONFIGS / f"{name}.yaml"):
-        if cand.is_file():
-            return cand
-    available = sorted(str(f.relative_to(PACKAGE_CONFIGS))[:-5] for f in PACKAGE_CONFIGS.glob("*/*.yaml"))
-    raise FileNotFoundError(f"config '{name}' not found (a file path or one of: {', '.join(available)})")
+    stem = str(name)[:-5] if str(name).endswith(".yaml") else str(name)
+    if stem in packaged_configs():
+        return PACKAGE_CONFIGS / f"{stem}.yaml"
+    raise FileNotFoundError(
+        f"config '{name}' not found (a file path or one of: {', '.join(packaged_configs())})"
+    )
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
@@ -46,50 +54,35 @@ def train(
 ) -> dict[str, Any]:
     """Train and evaluate one run; with ``resume`` continue the run folder (its saved config + overrides)."""
     if resume is not None:
+        if config is not None:
+            raise ConfigError(
+                f"--resume {resume} continues that run with its saved config; do not also give a config ({config})"
+            )
         run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
-        cfg = load_config(run_dir / "config.yaml", list(overrides))
-    else:
-        cfg = load_config(resolve_config_path(config) if config else None, list(overrides))
-        run_dir = new_run_dir(cfg)
-    return run_config(cfg, run_dir, resume is not None)
-
-
-SETTINGS = ("attribute", "multilabel", "compositional")
-
-
-def _task(setting: str) -> Any:
-    """The setting's task module: ``run_class``, ``evaluate_saved(run_dir)``, ``predict_images(...)``,
-    ``demo_row(results)`` / ``DEMO_COLUMNS`` / ``DEMO_TITLE`` / ``DEMO_METHODS``."""
-    import importlib
-
-    if setting not in SETTINGS:
-        raise ValueError(f"unknown setting '{setting}' (one of {', '.join(SETTINGS)})")
-    return importlib.import_module(f"unseen.{setting}.task")
+        return run_config(load_run_config(run_dir, list(overrides)), run_dir, resume=True)
+    cfg = load_config(resolve_config_path(config) if config else None, list(overrides))
+    return run_config(cfg, new_run_dir(cfg))
 
 
 def run_config(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Train + evaluate a validated config in ``run_dir`` (the setting's protocol); returns results.json's content."""
-    results = _task(cfg.setting).run_class(cfg, run_dir, resume=resume).run()
+    """Train + evaluate a validated config in ``run_dir`` (the setting's task); returns results.json's content."""
+    results = get_task(cfg.setting)(cfg, run_dir, resume=resume).run()
     results["run_dir"] = str(run_dir)
     return results
 
 
-def _run_dir_of(checkpoint: str | Path) -> Path:
-    """The run folder holding ``checkpoint`` (the folder itself, or the nearest parent with a config.yaml)."""
-    p = Path(checkpoint).resolve()
+def run_folder(path: str | Path) -> Path:
+    """The run folder holding ``path`` (the folder itself, or the nearest parent with a config.yaml)."""
+    p = Path(path).resolve()
     for cand in (p, *p.parents):
         if (cand / "config.yaml").is_file():
             return cand
-    raise FileNotFoundError(f"{checkpoint}: not a run folder or a file inside one (no config.yaml found)")
+    raise FileNotFoundError(f"{path}: not a run folder or a file inside one (no config.yaml found)")
 
 
 def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
     """Recompute a finished run's test metrics from its saved model (or saved scores for closed-form models)."""
-    run_dir = _run_dir_of(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
-    return _task(cfg.setting).evaluate_saved(run_dir)
+    return open_run(run_folder(run_dir)).evaluate_saved()
 
 
 def predict(
@@ -100,52 +93,45 @@ def predict(
     ``checkpoint`` = a run folder (or a file inside it). ``classes``: ``all`` (GZSL space), ``seen``, ``unseen``,
     or comma-separated names. Returns ``[{"image", "top": [{"class", "score", "seen"}, ...]}, ...]``.
     """
-    run_dir = _run_dir_of(checkpoint)
+    run_dir = run_folder(checkpoint)
     for path in images:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: image not found")
-    cfg = load_config(run_dir / "config.yaml")
-    return _task(cfg.setting).predict_images(run_dir, [str(i) for i in images], classes, topk)
+    cfg = load_run_config(run_dir)
+    return get_task(cfg.setting).predict(run_dir, [str(i) for i in images], classes, topk)
 
 
-def select_classes(names: Sequence[str], seen: Sequence[int], classes: str) -> np.ndarray:
-    """Indices for ``--classes``: all | seen | unseen | comma-separated names (unknown names are an error)."""
-    seen_set = set(int(i) for i in seen)
-    if classes == "all":
-        return np.arange(len(names))
-    if classes in ("seen", "unseen"):
-        want = classes == "seen"
-        return np.array([i for i in range(len(names)) if (i in seen_set) == want])
-    wanted = [c.strip() for c in classes.split(",") if c.strip()]
-    unknown = [c for c in wanted if c not in names]
-    if unknown:
-        raise ValueError(
-            f"--classes: unknown class name(s) {unknown}; the run knows {len(names)} "
-            f"(e.g. {', '.join(list(names)[:5])})"
-        )
-    return np.array([list(names).index(c) for c in wanted])
+def demo_row(results: dict[str, Any], elapsed: str = "") -> dict[str, Any]:
+    """One row of a demo table: the method, its headline metrics, its oracle block (labelled columns) and time."""
+    return {
+        "method": results["method"],
+        **results["metrics"],
+        **results.get("oracle_test_selected", {}),
+        "time": elapsed,
+    }
 
 
 def demo(setting: str = "attribute", output_dir: str | Path = "runs", overrides: Sequence[str] = ()) -> str:
     """Train and evaluate every method of ``setting`` on the embedded benchmark; return the printed table."""
     from unseen import report
 
-    task = _task(setting)
+    spec = get_task(setting).demo
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = Path(output_dir) / f"demo-{setting}-{stamp}"
-    rows, chance = [], None
+    rows: list[dict[str, Any]] = []
+    chance = None
     t0 = time.perf_counter()
-    for name in task.DEMO_METHODS:
+    for name in spec.methods:
         cfg = load_config(resolve_config_path(f"{setting}/{name}"), [f"output_dir={root}", *overrides])
         cfg.name = cfg.model.name
         log.info("demo: %s", cfg.model.name)
         t = time.perf_counter()
         res = run_config(cfg, new_run_dir(cfg))
-        rows.extend(task.demo_rows(res, f"{time.perf_counter() - t:.0f}s"))
+        rows.append(demo_row(res, f"{time.perf_counter() - t:.0f}s"))
         chance = res.get("chance")
     if chance is not None:
-        rows.extend(task.demo_rows({"method": "chance (random scores)", "metrics": chance}, ""))
-    table = report.format_table(rows, task.DEMO_COLUMNS, title=task.DEMO_TITLE)
-    table += f"\n{task.DEMO_FOOTER}\nrun folders and plots: {root}   total {time.perf_counter() - t0:.0f}s"
+        rows.append({"method": "chance (random scores)", **chance, "time": ""})
+    table = report.format_table(rows, spec.columns, title=spec.title)
+    table += f"\n{spec.footer}\nrun folders and plots: {root}   total {time.perf_counter() - t0:.0f}s"
     (root / "summary.txt").write_text(table + "\n")
     return table

@@ -71,9 +71,9 @@ def eszsl_solve(X: np.ndarray, Y: np.ndarray, S: np.ndarray, gamma: float, lam: 
     return scipy.linalg.solve(right, W.T, assume_a="pos").T  # ... (S^T S + lI)^-1 (both factors symmetric)
 
 
-@register_model("eszsl", setting="attribute", config=ESZSLConfig)
+@register_model("eszsl", setting="attribute", config=ESZSLConfig, fit="closed_form")
 class ESZSL:
-    """Embarrassingly simple ZSL, closed form (Romera-Paredes & Torr, ICML'15, eq. 8 / §3.2).
+    """Embarrassingly simple ZSL, closed form (Romera-Paredes & Torr, ICML'15, eq. 8, sec. 3.2).
 
     Variant: the paper's closed form with the third regulariser weight set to ``beta = gamma * lambda``, i.e.
     ``V = (X^T X + gamma I)^-1 X^T Y S (S^T S + lambda I)^-1`` with ``gamma = 10**alpha``, ``lambda = 10**beta``,
@@ -96,6 +96,14 @@ class ESZSL:
         if not cfg.search:
             return [(float(cfg.alpha), float(cfg.beta))]
         return [(float(a), float(b)) for a, b in itertools.product(cfg.alpha_grid, cfg.beta_grid)]
+
+    @classmethod
+    def candidates(cls, cfg: ESZSLConfig | None = None) -> list[dict[str, float]]:
+        """The hyper-parameters validation chooses from (the closed-form protocol)."""
+        return [{"alpha": a, "beta": b} for a, b in cls.grid(cfg)]
+
+    def params(self) -> dict[str, float]:
+        return {"alpha": self.alpha, "beta": self.beta}
 
     def fit(self, features: np.ndarray, labels: np.ndarray, class_attributes: np.ndarray) -> ESZSL:
         """``features`` N x D, ``labels`` N indices into the rows of ``class_attributes`` (S x A, seen classes)."""

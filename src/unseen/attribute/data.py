@@ -1,9 +1,10 @@
 """The xlsa17 "proposed split" reader (CUB, SUN, AWA2, AWA1, APY and the embedded SHAPES world).
 
-Contract (spec attribute-zsl.md §1): ``att_splits.mat`` holds the class attributes (A x C) and 1-based uint16
-split locations into the image order of ``res101.mat`` (or of a JSON image list in the same order). Every index
-array is cast to int64 and made 0-based exactly once, here, then validated. Class ids are 0-based indices into
-``allclasses_names``; seen = classes of ``trainval_loc``, unseen = classes of ``test_unseen_loc``.
+Contract (the xlsa17 files of Xian et al.): ``att_splits.mat`` holds the class attributes (A x C) and
+1-based uint16 split locations into the image order of ``res101.mat`` (or of a JSON image list in the same
+order). Every index array is cast to int64 and made 0-based exactly once, here, then validated. Class ids are
+0-based indices into ``allclasses_names``; seen = classes of ``trainval_loc``, unseen = classes of
+``test_unseen_loc``.
 
 Public API: :func:`load_xlsa17` -> :class:`XLSA17Data`, :func:`check_xlsa17` (a readable report),
 :func:`read_att_splits` (``att_splits.mat`` alone), :func:`map_image_path`, :class:`ImageListDataset`,
@@ -28,10 +29,10 @@ from unseen.io import DataFormatError, safe_pickle_load
 
 SPLIT_FIELDS = ("trainval_loc", "test_seen_loc", "test_unseen_loc")
 VAL_FIELDS = ("train_loc", "val_loc")
-ATT_FIELDS = ("allclasses_names", "att", "original_att", *SPLIT_FIELDS)
 IMAGE_LIST_NAMES = ("res101.mat", "image_list.json", "image_list.json.gz")
 CLASS_LIST_FILES = ("trainclasses1.txt", "valclasses1.txt")
-# where a stored image path is cut and joined to the user's image root (spec §1.7):
+# where a stored image path is cut and joined to the user's image root (an anchor, not a component count, so
+# that the absolute server paths of res101.mat and the relative lists both map):
 # "after": the part after the anchor; "from": the anchor folder and everything below it.
 ANCHORS: dict[str, tuple[str, str]] = {
     "CUB": ("after", "CUB_200_2011/"),
@@ -44,7 +45,8 @@ ANCHORS: dict[str, tuple[str, str]] = {
 # --------------------------------------------------------------------------------------------- containers
 @dataclass
 class ValidationSplit:
-    """The class split used to choose epochs and gamma (spec §1.6). Indices are 0-based image rows."""
+    """The class split used to choose epochs and gamma (xlsa17 train_loc / val_loc, never test). Indices are
+    0-based image rows."""
 
     train: np.ndarray  # train_loc minus val_seen: what the calibration model trains on
     val_seen: np.ndarray  # seeded per-class hold-out of train_loc (seen classes at validation time)
@@ -375,7 +377,7 @@ def _anchor_tail(p: str, mode: str, key: str) -> str | None:
 
 
 def map_image_path(stored: str, dataset: str, image_root: str | Path | None, root: str | Path) -> str:
-    """Map a stored image path to the user's copy (spec §1.7).
+    """Map a stored image path to the user's copy.
 
     ``//`` is normalised to ``/``. With ``image_root`` and a known dataset the path is cut at its anchor (CUB:
     after ``CUB_200_2011/``; SUN: from ``images/`` on; AWA1/AWA2: after ``JPEGImages/``) and joined to
@@ -483,7 +485,8 @@ def _check_val_split(src: str, labels: np.ndarray, locs: dict[str, np.ndarray | 
 def _derive_val_split(
     lists_dir: Path, class_names: list[str], labels: np.ndarray, locs: dict[str, np.ndarray | None]
 ) -> tuple[str, str]:
-    """train_loc / val_loc from trainclasses1.txt / valclasses1.txt (spec §1.6). Returns (source, problem)."""
+    """train_loc / val_loc from trainclasses1.txt / valclasses1.txt (images of trainval + test_seen by class;
+    this reproduces the official SUN train_loc). Returns (source, problem)."""
     files = [lists_dir / f for f in CLASS_LIST_FILES]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -590,7 +593,7 @@ def load_xlsa17(
         raise DataFormatError(f"{list_path}: field 'features' is missing (features='require')")
     seen, unseen = _validate(att_path, list_path, class_names, labels, locs)
 
-    # validation class split: from the file, else from the xlsa17 class lists (spec §1.6)
+    # validation class split: from the file, else from the xlsa17 class lists (CUB's copy has no train_loc)
     if locs["train_loc"] is not None:
         val_source, val_problem = str(att_path), ""
     else:

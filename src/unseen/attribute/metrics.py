@@ -1,4 +1,5 @@
-"""Evaluation metrics for attribute-based ZSL / GZSL (design spec ``attribute-zsl.md`` section 3).
+"""Evaluation metrics for attribute-based ZSL / GZSL: per-class top-1 CZSL, GZSL S / U / H, calibrated
+stacking.
 
 Conventions (shared by every function here):
 
@@ -15,7 +16,7 @@ Conventions (shared by every function here):
 
 Calibrated stacking (Chao et al., ECCV'16): ``pred = argmax_c [score(x, c) - gamma * 1[c in seen]]``.
 ``gamma`` is in **score units** (the same units as the score matrix, so it depends on the model's scale).
-Per sample let ``s_i`` / ``u_i`` be the best seen / unseen score (spec section 3.3): the seen side wins iff
+Per sample let ``s_i`` / ``u_i`` be the best seen / unseen score: the seen side wins iff
 ``s_i - gamma >= u_i``. In float64 (``gzsl_accuracy``, ``gamma_sweep``, ``select_gamma``) this is evaluated as
 ``delta_i >= gamma`` with ``delta_i = s_i - u_i`` (one rounding), so the exact sweep and the point evaluation
 agree bit for bit. The reference grid (``oracle_grid_sweep``) reproduces the release instead: float32 scores,
@@ -439,7 +440,8 @@ def oracle_grid_sweep(
     seen_mask: Any = None,
     max_points: int = 1_000_000,
 ) -> Sweep:
-    """The release's reference gamma grid (spec section 3.5), computed without re-running the argmax per gamma.
+    """The release's reference gamma grid (test-oracle, as in ReZSL / Mg-MRN), computed without re-running the
+    argmax per gamma.
 
     Scores are cast to float32; ``gamma_k = float32(k * step)`` is subtracted from the seen scores in float32.
     The release evaluates ``k = 0``, then ``k = -1, -2, ...`` while the last evaluated point has ``U > 0`` (so it

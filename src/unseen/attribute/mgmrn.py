@@ -1,4 +1,7 @@
-"""Mg-MRN: Multi-Granularity Mutual Refinement Network (arXiv 2511.08163; code NingWang2049/Mg-MRN), spec §2."""
+"""Mg-MRN: Multi-Granularity Mutual Refinement Network (arXiv 2511.08163).
+
+Follows the released code (NingWang2049/Mg-MRN), completed from its parents ReZSL (FouriYe/ReZSL-TIP23) and
+GEM-ZSL where the release lacks files."""
 
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ NORM_EPS = 1e-10  # release: x / (||x|| + 1e-10) in the cosine head and the norm
 # --------------------------------------------------------------------------------------------- config
 @dataclass
 class MgMRNConfig:
-    """Mg-MRN settings (defaults: the shape-consistent release wiring with `parts` grouping, spec §0.4)."""
+    """Mg-MRN settings (defaults: the release's shape-consistent wiring, with `parts` grouping instead of its
+    `collapsed` no-op; see :class:`MgMRN`)."""
 
     name: str = "mgmrn"
     backbone: str = "resnet101"  # resnet101 | resnet50 | tiny
@@ -87,7 +91,7 @@ def _no_autocast(t: torch.Tensor):
 
 
 class ConvBlock(nn.Module):
-    """Conv3x3 (no bias) -> GroupNorm -> ReLU -> optional x0.5 downsampling (spec §2.3)."""
+    """Conv3x3 (no bias) -> GroupNorm -> ReLU -> optional x0.5 downsampling (the release's RFM block)."""
 
     def __init__(self, cin: int, cout: int, downsample: bool, down: str = "bilinear") -> None:
         super().__init__()
@@ -189,7 +193,7 @@ class LevelModule(nn.Module):
 
 
 class SCAM(nn.Module):
-    """Spatial-channel attention (spec §2.4): Y = W1*X; Y * sigmoid(MLP(GAP Y)) * sigmoid(W3*Y); no residual."""
+    """Spatial-channel attention as released: Y = W1*X; Y * sigmoid(MLP(GAP Y)) * sigmoid(W3*Y); no residual."""
 
     def __init__(self, cin: int, channels: int) -> None:
         super().__init__()
@@ -206,7 +210,8 @@ class SCAM(nn.Module):
 
 
 class VSD(nn.Module):
-    """Visual-semantic decoder (spec §2.5): attribute queries attend over the level's tokens; one head, no LN/FFN."""
+    """Visual-semantic decoder as released: attribute queries attend over the level's tokens; one head, no
+    LN/FFN."""
 
     def __init__(
         self, emb_dim: int, width: int, model_dim: int, n_attributes: int, scale: bool = False
@@ -240,9 +245,9 @@ def _l2n(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- model
 @register_model("mgmrn", setting="attribute", config=MgMRNConfig)
 class MgMRN(nn.Module):
-    """Mg-MRN as released (spec §2), shape-consistent wiring, with our defaults and switches.
+    """Mg-MRN as released, shape-consistent wiring, with our defaults and switches.
 
-    Deviations from the release (NingWang2049/Mg-MRN), each a spec decision:
+    Deviations from the release (NingWang2049/Mg-MRN), each a deliberate choice:
 
     1. Wiring: C3 512->W with 2 downsamplings, C4 1024->W with 1, C5 2048->W with 0 (the release declares
        1024/2048 input channels for C3/C4 and crashes); the number of downsamplings is derived from the backbone
@@ -469,7 +474,8 @@ class MgMRN(nn.Module):
         class_attributes: torch.Tensor,
         targets: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Sum over levels of CE(s_l, y) + lam * mean_{batch, attr}(a_hat/|a_hat| - a_y/|a_y|)^2 (spec §2.7)."""
+        """Sum over levels of CE(s_l, y) + lam * mean_{batch, attr}(a_hat/|a_hat| - a_y/|a_y|)^2 (the release's
+        loss: ReZSL's ReMSE without its reweighting)."""
         targets = targets.long()
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= class_attributes.shape[0]):
             raise ValueError(

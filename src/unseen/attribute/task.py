@@ -1,29 +1,31 @@
-"""Attribute ZSL/GZSL runs: data -> model -> engine -> evaluator -> run folder.
+"""Attribute ZSL/GZSL: the run protocol's attribute hooks (data -> model -> engine -> evaluator).
 
-Selection protocol (spec §3.4, the default): a *calibration* run trains on the validation class split
-(``train_loc`` minus a 20% per-class hold-out, "val-seen"), evaluates GZSL on val-seen ∪ ``val_loc`` after every
-epoch and picks the epoch e* with the best validation H and its exact best γ*. The *final* run trains on
-``trainval_loc`` for e*+1 epochs and is tested once, with γ*. Test-set sweeps are reported only in the block
-labelled ``oracle``.
+Selection (the default): a *calibration* phase trains on the validation class split (``train_loc`` minus a 20%
+per-class hold-out, "val-seen"), evaluates GZSL on val-seen + ``val_loc`` after every epoch and picks the epoch
+e* with the best validation H and its exact best calibration offset gamma*. The *final* phase trains on
+``trainval_loc`` for e*+1 epochs and is tested once, with gamma* (the protocol of the xlsa17 benchmark: the test
+classes never choose anything). Test-set sweeps of gamma are reported only in the block labelled
+``oracle_test_selected``. Closed-form methods (registry ``fit="closed_form"``, e.g. ESZSL) choose their
+hyper-parameters and gamma on the same validation split, on pooled features of the frozen backbone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from unseen.attribute.data import FeatureDataset, ImageListDataset, XLSA17Data, load_xlsa17
+from unseen.attribute.data import FeatureDataset, ImageListDataset, ValidationSplit
+from unseen.attribute.datasets import AttributeData
 from unseen.attribute.metrics import (
+    czsl_accuracy,
     evaluate_attribute,
     gamma_sweep,
     gzsl_accuracy,
@@ -31,274 +33,152 @@ from unseen.attribute.metrics import (
     select_gamma,
 )
 from unseen.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, make_transforms
-from unseen.config import RunConfig, config_hash, dump_yaml, to_dict
-from unseen.engine import Engine, FitResult, progress, resolve_device
+from unseen.config import ConfigError, EvalConfig, RunConfig, check_choice, load_run_config
+from unseen.engine import LossFn, progress
 from unseen.features import FeatureCache, PackedMaps, extract, provenance
-from unseen.io import (
-    atomic_write_json,
-    atomic_write_text,
-    cache_root,
-    load_safetensors,
-    save_safetensors,
-    short_hash,
-    single_process_cache,
-    versions,
-)
-from unseen.registry import create_model, get_dataset_entry, register_dataset
+from unseen.io import atomic_write_json, cache_root, load_safetensors, save_safetensors, short_hash
+from unseen.registry import check_interface, create_model, get_model_entry, register_task
+from unseen.task import DemoSpec, Fitted, Predictor, Task, Tested, val_record
 
 log = logging.getLogger("unseen")
 
 
-# --------------------------------------------------------------------------------------------- datasets
+# --------------------------------------------------------------------------------------------- config sections
 @dataclass
-class XLSA17Config:
-    """A user's copy of an xlsa17 dataset (CUB, SUN, AWA2, AWA1, APY)."""
+class AttributeEvalConfig(EvalConfig):
+    """How the attribute setting selects and evaluates."""
 
-    name: str = "xlsa17"
-    root: str = ""  # folder holding att_splits.mat (+ res101.mat or image_list.json, class lists, *_attribute.npy/pkl)
-    dataset: str = ""  # CUB | SUN | AWA2 | ... (default: the folder name)
-    image_root: str = ""  # folder the image paths are mapped to (see README: CUB_200_2011 / SUN / JPEGImages)
-    image_list: str = ""  # res101.mat or a JSON image list (default: looked up in root)
-    w2v: str = ""  # attribute word vectors .npy / .pkl (default: root/*_attribute.npy|pkl)
-    class_lists_dir: str = ""  # xlsa17 class lists for the CUB validation split (default: root)
-    semantics: str = "original_att"  # original_att (release) | att
-    negative_att: str = "keep"  # keep (release) | clamp0
-    image_size: int = 448
-    val_holdout: float = 0.2  # per-class fraction of train_loc held out as val-seen
-    check_images: int = 16
+    gamma: str = "val"  # GZSL calibration offset: val (chosen on validation) | none (0) | fixed:<value>
+    calibrate: bool = True  # run the validation (calibration) phase that picks the epoch and gamma
+    oracle: bool = True  # also report the test-set oracle block (labelled as such)
+    ausuc: str = "grid"  # grid | exact
 
-
-@dataclass
-class ShapesConfig:
-    """The embedded attribute world, rendered on first use and read back through the xlsa17 reader."""
-
-    name: str = "shapes"
-    root: str = ""  # where to render (default: $UNSEEN_CACHE or ~/.cache/unseen, /shapes-attribute-<hash>)
-    world: dict = field(
-        default_factory=dict
-    )  # AttributeWorldConfig overrides (seed, n_classes, image_size, ...)
-    semantics: str = "original_att"
-    negative_att: str = "keep"
-    val_holdout: float = 0.2
-    pretrain_backbone: bool = True  # pretrain the CPU backbone on the world's disjoint pretraining species
-    pretrain_epochs: int = 6
-
-
-@dataclass
-class Prepared:
-    data: XLSA17Data
-    image_size: int
-    val_holdout: float
-    backbone_weights: str = ""  # suggested weights (shapes: the pretrained CPU backbone)
-    world: dict | None = None
-
-
-@register_dataset("xlsa17", setting="attribute", config=XLSA17Config)
-def prepare_xlsa17(cfg: XLSA17Config, model_cfg: Any = None) -> Prepared:
-    """xlsa17 proposed splits (CUB, SUN, AWA2, AWA1, APY) from a user's copy: att_splits.mat + images."""
-    if not cfg.root:
-        raise ValueError(
-            "data.root: the folder holding att_splits.mat is required (data.root=/path/to/xlsa17/CUB)"
-        )
-    data = load_xlsa17(
-        cfg.root,
-        cfg.dataset or None,
-        semantics=cfg.semantics,
-        negative_att=cfg.negative_att,
-        image_root=cfg.image_root or None,
-        image_list=cfg.image_list or None,
-        w2v=cfg.w2v or None,
-        class_lists_dir=cfg.class_lists_dir or None,
-        check_images=cfg.check_images,
-    )
-    return Prepared(data, cfg.image_size, cfg.val_holdout)
-
-
-@register_dataset("shapes", setting="attribute", config=ShapesConfig)
-def prepare_shapes(cfg: ShapesConfig, model_cfg: Any = None) -> Prepared:
-    """The embedded attribute world (rendered, exported to the xlsa17 layout, read back by the xlsa17 reader)."""
-    from unseen.config import build_dataclass
-    from unseen.shapes import AttributeWorldConfig, export_attribute_world
-
-    world_cfg = build_dataclass(AttributeWorldConfig, cfg.world, "data.world")
-    key = json.dumps(to_dict(world_cfg), sort_keys=True)
-    root = Path(cfg.root) if cfg.root else cache_root() / f"shapes-attribute-{short_hash(key)}"
-    single_process_cache(root / "world.json", root, "render the world")
-    export_attribute_world(root, world_cfg)
-    data = load_xlsa17(root, "SHAPES", semantics=cfg.semantics, negative_att=cfg.negative_att, check_images=0)
-    weights = ""
-    if (
-        cfg.pretrain_backbone
-        and model_cfg is not None
-        and getattr(model_cfg, "backbone", "") == "tiny"
-        and not getattr(model_cfg, "backbone_weights", None)
-    ):
-        single_process_cache(
-            _pretrained_path(
-                root, list(model_cfg.tiny_widths), world_cfg.image_size, cfg.pretrain_epochs, world_cfg.seed
-            ),
-            root,
-            "pretrain the CPU backbone",
-        )
-        weights = str(
-            pretrain_tiny_backbone(
-                root,
-                list(model_cfg.tiny_widths),
-                world_cfg.image_size,
-                cfg.pretrain_epochs,
-                seed=world_cfg.seed,
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("eval.ausuc", self.ausuc, ("grid", "exact"))
+        if self.gamma not in ("val", "none"):
+            value = self.gamma.split(":", 1)[1] if self.gamma.startswith("fixed:") else ""
+            try:
+                fixed = float(value)
+            except ValueError:
+                fixed = float("nan")
+            if not np.isfinite(fixed):
+                raise ConfigError(f"eval.gamma: expected val, none or fixed:<number>, got {self.gamma!r}")
+        if self.gamma == "val" and not self.calibrate:
+            raise ConfigError(
+                "eval.gamma=val needs the validation phase: set eval.calibrate=true or fix gamma"
             )
-        )
-    return Prepared(data, world_cfg.image_size, cfg.val_holdout, weights, to_dict(world_cfg))
+
+    def fixed_gamma(self) -> float | None:
+        """The gamma given in the config (none = 0), or None when validation chooses it."""
+        if self.gamma == "val":
+            return None
+        return 0.0 if self.gamma == "none" else float(self.gamma.split(":", 1)[1])
 
 
-class _Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, n_classes: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.out_channels[-1], n_classes)
+@dataclass
+class FeaturesConfig:
+    """Frozen-backbone mode: backbone outputs computed once per image and cached (with a provenance sidecar)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x)[-1].mean((2, 3)))
+    cache: bool = False  # true = freeze the backbone and train the head on cached maps (no augmentation)
+    cache_dir: str = ""  # default: $UNSEEN_CACHE/features or ~/.cache/unseen/features
 
 
-def _pretrain_spec(widths: list[int], image_size: int, epochs: int, seed: int) -> dict:
-    return {"widths": widths, "image_size": image_size, "epochs": epochs, "seed": seed, "version": 1}
+# --------------------------------------------------------------------------------------------- model interfaces
+class AttributeModel:
+    """What the attribute protocol calls on a trained model (``fit="engine"``).
 
-
-def _pretrained_path(root: Path, widths: list[int], image_size: int, epochs: int, seed: int) -> Path:
-    spec = _pretrain_spec(widths, image_size, epochs, seed)
-    return root / "pretrain" / f"tiny-{short_hash(json.dumps(spec, sort_keys=True))}.safetensors"
-
-
-def pretrain_tiny_backbone(
-    root: Path, widths: list[int], image_size: int, epochs: int, seed: int = 0
-) -> Path:
-    """Train the CPU backbone on the world's pretraining species (disjoint from every benchmark class).
-
-    The stand-in for ImageNet pretraining; cached as ``root/pretrain/tiny-<hash>.safetensors``.
+    ``model(images, class_attributes, targets=None, levels=None, return_attention=False)`` -> dict with
+    ``scores`` (B x C, one column per row of ``class_attributes``), and when ``targets`` (indices into those rows)
+    are given ``loss`` (+ optional ``logs``). Optional: ``train_substeps()`` (one optimizer step per entry, passed
+    as ``levels``), a ``backbone`` attribute (replaced by cached maps when ``features.cache=true``) and, with
+    ``return_attention``, ``attention`` / ``grid`` / ``levels`` for the attention plot.
     """
-    from unseen.config import TrainConfig
 
-    spec = _pretrain_spec(widths, image_size, epochs, seed)
-    out = _pretrained_path(root, widths, image_size, epochs, seed)
-    if out.is_file():
-        return out
-    listing = json.loads((root / "pretrain" / "pretrain_list.json").read_text())
-    paths = [str(root / p) for p in listing["image_files"]]
-    labels = np.asarray(listing["labels"], dtype=np.int64)
-    ds = ImageListDataset(paths, labels, make_transforms(image_size, train=True))
-    torch.manual_seed(seed)
-    model = _Classifier(build_backbone("tiny", tiny_widths=widths), int(labels.max()) + 1)
-    tcfg = TrainConfig(
-        epochs=epochs, batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=1e-4, device="cpu"
-    )
-    work = out.with_suffix("")
-    engine = Engine(tcfg, work, seed=seed)
-    log.info(
-        "pretraining the CPU backbone on %d images of %d species (cached in %s)",
-        len(ds),
-        labels.max() + 1,
-        out,
-    )
-    engine.fit(model, ds, lambda m, b, s: (nn.functional.cross_entropy(m(b[0]), b[1]), {}))
-    save_safetensors(out, model.backbone.state_dict(), metadata={"spec": json.dumps(spec)})
-    return out
+    def forward(self, images: torch.Tensor, class_attributes: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
+        raise NotImplementedError
 
 
-# --------------------------------------------------------------------------------------------- helpers
+class ClosedFormAttributeModel:
+    """A closed-form attribute method (``fit="closed_form"``) on pooled backbone features.
+
+    ``cls.candidates(cfg)`` -> hyper-parameter dicts to choose from on validation; ``cls(cfg, **params)``;
+    ``fit(features N x D, labels N (rows of class_attributes), class_attributes S x A)`` -> self;
+    ``scores(features, class_attributes)`` -> N x C; ``params()`` -> the hyper-parameters in use.
+    """
+
+    def candidates(self, cfg: Any) -> list[dict[str, float]]:
+        raise NotImplementedError
+
+    def fit(self, features: np.ndarray, labels: np.ndarray, class_attributes: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def scores(self, features: np.ndarray, class_attributes: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
 def _index_map(classes: np.ndarray, n_classes: int) -> torch.Tensor:
     lut = torch.full((n_classes,), -1, dtype=torch.long)
     lut[torch.as_tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
     return lut
 
 
-@torch.no_grad()
-def compute_scores(
-    model: nn.Module,
-    dataset: Dataset,
-    class_attributes: torch.Tensor,
-    device: torch.device,
-    batch_size: int = 64,
-    desc: str = "scoring",
-) -> np.ndarray:
-    """N x C scores (all classes, global order) for the images of ``dataset``."""
-    model.eval()
-    attrs = class_attributes.to(device)
-    out = []
-    for images, _ in progress(DataLoader(dataset, batch_size=batch_size), desc=desc):
-        out.append(model(images.to(device), attrs)["scores"].float().cpu())
-    return torch.cat(out).numpy().astype(np.float64)
+# --------------------------------------------------------------------------------------------- the task
+@register_task
+class AttributeTask(Task):
+    """One attribute method on one xlsa17-layout dataset (protocol: module docstring)."""
 
+    setting: ClassVar[str] = "attribute"
+    sections: ClassVar[dict[str, type]] = {"eval": AttributeEvalConfig, "features": FeaturesConfig}
+    select_key: ClassVar[str] = "H"
+    weights_file: ClassVar[str] = "final/last.safetensors"  # written by the engine's final phase
+    demo = DemoSpec(
+        methods=("demo_mgmrn", "demo_attn1", "demo_eszsl"),
+        title="embedded attribute benchmark: accuracies in %, gamma and epoch chosen on validation",
+        columns=(
+            ("method", "method"),
+            ("czsl_top1", "CZSL T1"),
+            ("U", "U"),
+            ("S", "S"),
+            ("H", "H"),
+            ("oracle_H", "H oracle*"),
+            ("time", "time"),
+        ),
+        footer="* oracle = gamma swept on the test set (the field's usual, optimistic number): for comparison only.",
+    )
 
-def chance_levels(
-    labels: np.ndarray,
-    seen: np.ndarray,
-    unseen: np.ndarray,
-    czsl_labels: np.ndarray,
-    n_draws: int = 20,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Metrics of i.i.d. random scores (mean over draws): the floor every table is read against."""
-    from unseen.attribute.metrics import czsl_accuracy
-
-    rng = np.random.default_rng(seed)
-    C = int(max(labels.max(), seen.max(), unseen.max())) + 1
-    acc = {"czsl_top1": 0.0, "S": 0.0, "U": 0.0, "H": 0.0}
-    for _ in range(n_draws):
-        r = gzsl_accuracy(rng.random((len(labels), C)), labels, seen, unseen, 0.0)
-        acc["S"] += r.S / n_draws
-        acc["U"] += r.U / n_draws
-        acc["H"] += r.H / n_draws
-        acc["czsl_top1"] += czsl_accuracy(rng.random((len(czsl_labels), C)), czsl_labels, unseen) / n_draws
-    return acc
-
-
-def data_fingerprint(data: XLSA17Data) -> str:
-    parts = [data.dataset, str(data.n_images), json.dumps(data.class_names)]
-    for a in (
-        data.trainval_loc,
-        data.test_seen_loc,
-        data.test_unseen_loc,
-        data.labels,
-        data.class_attributes,
-    ):
-        parts.append(short_hash(np.ascontiguousarray(a).tobytes()))
-    return short_hash("|".join(parts))
-
-
-# --------------------------------------------------------------------------------------------- the run
-class AttributeRun:
-    """One method on one dataset, in one run folder (see the module docstring for the protocol)."""
-
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> None:
-        self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
-        self.rank = int(os.environ.get("RANK", "0"))  # torchrun: rank 0 writes the run's files
-        entry = get_dataset_entry(cfg.data.name, "attribute")
-        self.prep: Prepared = entry.builder(cfg.data, cfg.model)
-        self.data = self.prep.data
-        self.device = resolve_device(cfg.train.device)
-        d = self.data
+    def setup(self, data: AttributeData) -> None:
+        self.spec = data
+        self.data = d = data.splits
         self.class_attributes = torch.as_tensor(d.class_attributes, dtype=torch.float32)
-        if d.attribute_embeddings is None and cfg.model.name != "eszsl":
+        if d.attribute_embeddings is None and self.model_entry.fit != "closed_form":
             raise ValueError(
-                f"{d.root}: {cfg.model.name} needs attribute word vectors (data.w2v=... .npy/.pkl)"
+                f"{d.root}: {self.cfg.model.name} needs attribute word vectors (data.w2v=... .npy/.pkl)"
             )
         self.embeddings = (
             None if d.attribute_embeddings is None else torch.as_tensor(d.attribute_embeddings).float()
         )
         self._maps: tuple[np.ndarray, dict] | None = None
-        m = cfg.model
-        if getattr(m, "backbone", None) == "tiny" and not m.backbone_weights and self.prep.backbone_weights:
-            m.backbone_weights = self.prep.backbone_weights  # recorded in config.yaml
+        self.test_idx = np.concatenate([d.test_seen_loc, d.test_unseen_loc])
+
+    def dataset_name(self) -> str:
+        return self.data.dataset
 
     # ---- datasets
     def image_dataset(self, idx: np.ndarray, train: bool) -> Dataset:
         d = self.data
         if d.image_files is None:
             raise ValueError(f"{d.root}: this method needs images; the image list has no image_files")
-        tf = make_transforms(self.prep.image_size, train=train)
+        tf = make_transforms(self.spec.image_size, train=train)
         return Subset(ImageListDataset(d.image_files, d.labels, tf), idx.tolist())
+
+    def dataset(self, idx: np.ndarray, train: bool) -> Dataset:
+        if self.cfg.features.cache:
+            return FeatureDataset(self._cached[idx], self.data.labels[idx])
+        return self.image_dataset(idx, train)
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
@@ -322,9 +202,9 @@ class AttributeRun:
         space (what ESZSL needs; a fraction of the size).
         """
         d = self.data
-        tf = make_transforms(self.prep.image_size, train=False)
+        tf = make_transforms(self.spec.image_size, train=False)
         kind = "pooled_c5" if pooled else "maps"
-        name = f"{self.cfg.model.backbone}-{d.dataset}-{self.prep.image_size}-{kind}"
+        name = f"{self.cfg.model.backbone}-{d.dataset}-{self.spec.image_size}-{kind}"
         cache_dir = (
             Path(self.cfg.features.cache_dir) if self.cfg.features.cache_dir else cache_root() / "features"
         )
@@ -334,7 +214,7 @@ class AttributeRun:
             backbone,
             tf,
             d.image_files or [],
-            image_size=self.prep.image_size,
+            image_size=self.spec.image_size,
             output=kind,
         )
         backbone = backbone.to(self.device).eval()
@@ -344,13 +224,19 @@ class AttributeRun:
             expected, lambda: extract(fn, ds, 64, self.device, f"caching backbone {kind}")
         )
 
-    def dataset(self, idx: np.ndarray, train: bool) -> Dataset:
-        if self.cfg.features.cache:
-            return FeatureDataset(self._cached[idx], self.data.labels[idx])
-        return self.image_dataset(idx, train)
+    @torch.no_grad()
+    def scores(self, model: nn.Module, idx: np.ndarray, desc: str) -> np.ndarray:
+        """N x C scores (all classes, global order) of the images ``idx``."""
+        model.eval()
+        attrs = self.class_attributes.to(self.device)
+        out = []
+        loader = DataLoader(self.dataset(idx, train=False), batch_size=self.cfg.eval.batch_size)
+        for images, _ in progress(loader, desc=desc):
+            out.append(model(images.to(self.device), attrs)["scores"].float().cpu())
+        return torch.cat(out).numpy().astype(np.float64)
 
-    # ---- training one phase
-    def _loss_fn(self, seen: np.ndarray):
+    # ---- one phase
+    def phase_loss(self, seen: np.ndarray) -> LossFn:
         lut = _index_map(seen, self.data.n_classes).to(self.device)
         attrs = self.class_attributes[torch.as_tensor(seen)].to(self.device)
 
@@ -361,192 +247,96 @@ class AttributeRun:
 
         return loss_fn
 
-    def _eval_fn(self, idx: np.ndarray, seen: np.ndarray, unseen: np.ndarray):
-        ds = self.dataset(idx, train=False)
-        labels = self.data.labels[idx]
-
-        def evaluate(model: nn.Module, epoch: int) -> dict[str, Any]:
-            scores = compute_scores(
-                model, ds, self.class_attributes, self.device, self.cfg.eval.batch_size, "validating"
-            )
-            g, res = self._gamma_on(scores, labels, seen, unseen)
-            return {"H": res.H, "S": res.S, "U": res.U, "gamma": g}
-
-        return evaluate
-
-    def _gamma_on(self, scores: np.ndarray, labels: np.ndarray, seen: np.ndarray, unseen: np.ndarray):
-        mode = self.cfg.eval.gamma
-        if mode == "val":
+    def gamma_on(self, scores: np.ndarray, labels: np.ndarray, seen: np.ndarray, unseen: np.ndarray) -> Any:
+        fixed = self.cfg.eval.fixed_gamma()
+        if fixed is None:
             return select_gamma(scores, labels, seen, unseen)
-        g = 0.0 if mode == "none" else float(mode.split(":", 1)[1])
-        return g, gzsl_accuracy(scores, labels, seen, unseen, g)
+        return fixed, gzsl_accuracy(scores, labels, seen, unseen, fixed)
 
-    def train_phase(
-        self,
-        phase: str,
-        train_idx: np.ndarray,
-        seen: np.ndarray,
-        epochs: int,
-        eval_idx: np.ndarray | None = None,
-        unseen: np.ndarray | None = None,
-    ) -> tuple[nn.Module, FitResult]:
+    def phase(
+        self, name: str, train_idx: np.ndarray, seen: np.ndarray, epochs: int, split: ValidationSplit | None
+    ):
         model = self.build_model()
-        phase_dir = self.run_dir / phase
-        engine = Engine(self.cfg.train, phase_dir, seed=self.cfg.seed)
-        resume = self.resume and (phase_dir / "last.state.pt").is_file()
-        evaluate = self._eval_fn(eval_idx, seen, unseen) if eval_idx is not None else None
-        meta = {"config": json.dumps(to_dict(self.cfg)), "phase": phase}
-        result = engine.fit(
+        evaluate = None
+        if split is not None:
+            val_idx = np.concatenate([split.val_seen, split.val_unseen])
+            val_labels = self.data.labels[val_idx]
+
+            def evaluate(model: nn.Module, epoch: int) -> dict[str, Any]:
+                g, res = self.gamma_on(
+                    self.scores(model, val_idx, "validating"),
+                    val_labels,
+                    split.seen_classes,
+                    split.unseen_classes,
+                )
+                return {"H": res.H, "S": res.S, "U": res.U, "gamma": g}
+
+        train_set = self.dataset(train_idx, train=not self.cfg.features.cache)
+        result = self.fit_phase(
+            name,
             model,
-            self.dataset(train_idx, train=not self.cfg.features.cache),
-            self._loss_fn(seen),
+            train_set,
+            self.phase_loss(seen),
             evaluate,
-            select="H",
+            epochs,
             labels=self.data.labels[train_idx],
-            epochs=epochs,
-            resume=resume,
-            meta=meta,
         )
         return model, result
 
-    # ---- the protocol
-    def run(self) -> dict[str, Any]:
-        cfg, d = self.cfg, self.data
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.rank == 0:
-            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-            self.save_semantics()
-        t0 = time.perf_counter()
-        split = d.validation_split(self.prep.val_holdout, seed=cfg.seed) if cfg.eval.calibrate else None
-        test_idx = np.concatenate([d.test_seen_loc, d.test_unseen_loc])
-        test_labels = d.labels[test_idx]
-        selection: dict[str, Any] = {}
-        if cfg.model.name == "eszsl":
-            test_scores, selection = self._run_eszsl(split, test_idx)
-        else:
-            if split is not None:
-                val_idx = np.concatenate([split.val_seen, split.val_unseen])
-                _, calib = self.train_phase(
-                    "calib", split.train, split.seen_classes, cfg.train.epochs, val_idx, split.unseen_classes
-                )
-                best = next((h for h in calib.history if h["epoch"] == calib.best_epoch), {})
-                epochs_final = calib.best_epoch + 1
-                selection = {
-                    "epoch": calib.best_epoch,
-                    "val_H": best.get("val/H"),
-                    "val_S": best.get("val/S"),
-                    "val_U": best.get("val/U"),
-                    "gamma": best.get("val/gamma"),
-                }
-            else:
-                epochs_final = cfg.train.epochs
-            model, _ = self.train_phase("final", d.trainval_loc, d.seen_classes, epochs_final)
-            test_scores = compute_scores(
-                model,
-                self.dataset(test_idx, train=False),
-                self.class_attributes,
-                self.device,
-                cfg.eval.batch_size,
-                "testing",
-            )
-            if self.rank == 0:
-                self.plot_attention(model)
-        gamma = self._final_gamma(selection)
-        metrics = evaluate_attribute(
-            test_scores,
-            test_labels,
-            d.seen_classes,
-            d.unseen_classes,
-            gamma,
-            oracle=cfg.eval.oracle,
-            ausuc_mode=cfg.eval.ausuc,
-        )
-        headline = {k: v for k, v in metrics.items() if not k.startswith("oracle")}
-        oracle = {k: v for k, v in metrics.items() if k.startswith("oracle")}
-        results = {
-            "setting": "attribute",
-            "method": cfg.model.name,
-            "dataset": d.dataset,
-            "metrics": headline,
-            "selection": {
-                "rule": self._selection_rule(),
-                **selection,
-                "gamma_used": gamma,
-            },
-            "oracle_test_selected": {
-                "note": "gamma swept on the TEST set: comparison with papers only, not a result",
-                **oracle,
-            },
-            "chance": chance_levels(
-                test_labels, d.seen_classes, d.unseen_classes, d.labels[d.test_unseen_loc], seed=cfg.seed
-            ),
-            "seed": cfg.seed,
-            "config_hash": config_hash(cfg),
-            "data_fingerprint": data_fingerprint(d),
-            "world": self.prep.world,
-            "versions": versions(),
-            "wall_time_s": time.perf_counter() - t0,
-        }
-        if self.rank == 0:
-            np.save(self.run_dir / "test_scores.npy", test_scores.astype(np.float32))
-            atomic_write_json(self.run_dir / "results.json", results)
-            self.plots(test_scores, test_labels, gamma, results)
-        return results
+    def validation_split(self) -> ValidationSplit | None:
+        if not self.cfg.eval.calibrate:
+            return None
+        return self.data.validation_split(self.spec.val_holdout, seed=self.cfg.seed)
 
-    def _final_gamma(self, selection: dict[str, Any]) -> float:
-        mode = self.cfg.eval.gamma
-        if mode == "val":
-            if selection.get("gamma") is None:
-                raise ValueError(
-                    "eval.gamma=val needs the validation (calibration) phase: set eval.calibrate=true"
-                )
-            return float(selection["gamma"])
-        return 0.0 if mode == "none" else float(mode.split(":", 1)[1])
-
-    def _selection_rule(self) -> str:
-        e = self.cfg.eval
-        parts = []
-        if e.calibrate:
-            parts.append(
-                f"epoch chosen by GZSL H on validation (class split train_loc/val_loc; val-seen = "
-                f"{self.prep.val_holdout:.0%} per-class hold-out of train_loc), final model retrained on trainval "
-                "for that many epochs"
-            )
-        else:
-            parts.append(f"last epoch ({self.cfg.train.epochs})")
-        parts.append(
-            {"val": "gamma = exact best on validation", "none": "gamma = 0"}.get(e.gamma, f"gamma {e.gamma}")
-        )
-        return "; ".join(parts)
-
-    def _run_eszsl(self, split: Any, test_idx: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        """ESZSL on pooled features of the (frozen) backbone; (alpha, beta) and gamma chosen on validation."""
-        from unseen.attribute.baselines import ESZSL
-
+    # ---- the protocol's fit step: calibrate on the validation split, retrain on trainval
+    def fit(self) -> Fitted:
+        if self.model_entry.fit != "engine":
+            return super().fit()
         d, cfg = self.data, self.cfg
+        split = self.validation_split()
+        selection: dict[str, Any] = {}
+        epochs_final = cfg.train.epochs
+        if split is not None:
+            _, calib = self.phase("calib", split.train, split.seen_classes, cfg.train.epochs, split)
+            rec = val_record(calib.history, calib.best_epoch)
+            epochs_final = calib.best_epoch + 1
+            selection = {
+                "epoch": calib.best_epoch,
+                "val_H": rec.get("val_H"),
+                "val_S": rec.get("val_S"),
+                "val_U": rec.get("val_U"),
+                "gamma": rec.get("val_gamma"),
+            }
+        model, _ = self.phase("final", d.trainval_loc, d.seen_classes, epochs_final, None)
+        return Fitted(model, self._selection(selection))
+
+    def fit_closed_form(self) -> Fitted:
+        """Hyper-parameters and gamma chosen on the validation split; refit on trainval; test scores."""
+        d, cfg = self.data, self.cfg
+        method = self.model_entry.builder
+        check_interface(method, self.model_entry)
         feats = self.pooled_features()
         A = d.class_attributes
-        best: tuple[float, Any] = (-1.0, None)
+        split = self.validation_split()
+        best: tuple[float, dict[str, Any] | None] = (-1.0, None)
         if split is not None:
             val_idx = np.concatenate([split.val_seen, split.val_unseen])
             lut = _index_map(split.seen_classes, d.n_classes).numpy()
-            for a, b in ESZSL.grid(cfg.model):
-                model = ESZSL(cfg.model, alpha=a, beta=b).fit(
+            for params in method.candidates(cfg.model):
+                model = method(cfg.model, **params).fit(
                     feats[split.train], lut[d.labels[split.train]], A[split.seen_classes]
                 )
                 scores = model.scores(feats[val_idx], A)
-                g, res = self._gamma_on(scores, d.labels[val_idx], split.seen_classes, split.unseen_classes)
+                g, res = self.gamma_on(scores, d.labels[val_idx], split.seen_classes, split.unseen_classes)
                 if res.H > best[0]:
-                    best = (
-                        res.H,
-                        {"alpha": a, "beta": b, "gamma": g, "val_H": res.H, "val_S": res.S, "val_U": res.U},
-                    )
-        sel = best[1] or {"alpha": cfg.model.alpha, "beta": cfg.model.beta}
+                    best = (res.H, {**params, "gamma": g, "val_H": res.H, "val_S": res.S, "val_U": res.U})
+        params = {k: v for k, v in (best[1] or {}).items() if k not in ("gamma", "val_H", "val_S", "val_U")}
         lut = _index_map(d.seen_classes, d.n_classes).numpy()
-        model = ESZSL(cfg.model, alpha=sel["alpha"], beta=sel["beta"]).fit(
+        model = method(cfg.model, **params).fit(
             feats[d.trainval_loc], lut[d.labels[d.trainval_loc]], A[d.seen_classes]
         )
-        return model.scores(feats[test_idx], A), sel
+        selection = best[1] or model.params()
+        return Fitted(model, self._selection(selection), test_scores=model.scores(feats[self.test_idx], A))
 
     def pooled_features(self) -> np.ndarray:
         d = self.data
@@ -561,8 +351,80 @@ class AttributeRun:
         pooled, _ = self.cached_features(backbone, pooled=True)
         return pooled.astype(np.float64)
 
-    # ---- artefacts
-    def save_semantics(self) -> None:
+    def _selection(self, selection: dict[str, Any]) -> dict[str, Any]:
+        fixed = self.cfg.eval.fixed_gamma()
+        gamma = fixed if fixed is not None else selection.get("gamma")
+        if gamma is None:
+            raise ValueError(
+                "eval.gamma=val needs the validation (calibration) phase: set eval.calibrate=true"
+            )
+        return {"rule": self.selection_rule(), **selection, "gamma_used": float(gamma)}
+
+    def selection_rule(self) -> str:
+        e = self.cfg.eval
+        if e.calibrate:
+            first = (
+                f"epoch chosen by GZSL H on validation (class split train_loc/val_loc; val-seen = "
+                f"{self.spec.val_holdout:.0%} per-class hold-out of train_loc), final model retrained on trainval "
+                "for that many epochs"
+            )
+        else:
+            first = f"last epoch ({self.cfg.train.epochs})"
+        second = {"val": "gamma = exact best on validation", "none": "gamma = 0"}.get(
+            e.gamma, f"gamma {e.gamma}"
+        )
+        return f"{first}; {second}"
+
+    # ---- test, chance, artefacts
+    def test(self, fitted: Fitted) -> Tested:
+        d, e = self.data, self.cfg.eval
+        scores = fitted.test_scores
+        if scores is None:
+            scores = self.scores(fitted.model, self.test_idx, "testing")
+        labels = d.labels[self.test_idx]
+        gamma = fitted.selection["gamma_used"]
+        metrics = evaluate_attribute(
+            scores, labels, d.seen_classes, d.unseen_classes, gamma, oracle=e.oracle, ausuc_mode=e.ausuc
+        )
+        oracle = {k: v for k, v in metrics.items() if k.startswith("oracle")}
+        return Tested(
+            {k: v for k, v in metrics.items() if not k.startswith("oracle")},
+            scores=scores,
+            oracle={
+                "note": "gamma swept on the TEST set: comparison with papers only, not a result",
+                **oracle,
+            },
+        )
+
+    def chance(self, tested: Tested, n_draws: int = 20) -> dict[str, float]:
+        """Metrics of i.i.d. random scores (mean over draws): the floor every table is read against."""
+        d = self.data
+        labels, seen, unseen = d.labels[self.test_idx], d.seen_classes, d.unseen_classes
+        czsl_labels = d.labels[d.test_unseen_loc]
+        rng = np.random.default_rng(self.cfg.seed)
+        C = int(max(labels.max(), seen.max(), unseen.max())) + 1
+        acc = {"czsl_top1": 0.0, "S": 0.0, "U": 0.0, "H": 0.0}
+        for _ in range(n_draws):
+            r = gzsl_accuracy(rng.random((len(labels), C)), labels, seen, unseen, 0.0)
+            acc["S"] += r.S / n_draws
+            acc["U"] += r.U / n_draws
+            acc["H"] += r.H / n_draws
+            acc["czsl_top1"] += (
+                czsl_accuracy(rng.random((len(czsl_labels), C)), czsl_labels, unseen) / n_draws
+            )
+        return acc
+
+    def data_fingerprint(self, tested: Tested) -> str:
+        d = self.data
+        parts = [d.dataset, str(d.n_images), json.dumps(d.class_names)]
+        for a in (d.trainval_loc, d.test_seen_loc, d.test_unseen_loc, d.labels, d.class_attributes):
+            parts.append(short_hash(np.ascontiguousarray(a).tobytes()))
+        return short_hash("|".join(parts))
+
+    def save_model(self, fitted: Fitted) -> None:
+        pass  # the final phase's engine already wrote final/last.safetensors
+
+    def save_assets(self, fitted: Fitted) -> None:
         """Class names/attributes and word vectors: what ``unseen predict`` needs besides the weights."""
         d = self.data
         tensors = {
@@ -578,27 +440,26 @@ class AttributeRun:
             {
                 "class_names": d.class_names,
                 "attribute_names": d.attribute_names,
-                "image_size": self.prep.image_size,
+                "image_size": self.spec.image_size,
             },
         )
 
-    def plots(self, scores: np.ndarray, labels: np.ndarray, gamma: float, results: dict) -> None:
+    def plots(self, fitted: Fitted, tested: Tested, results: dict[str, Any]) -> None:
         from unseen import report
 
         d = self.data
-        plots = self.run_dir / "plots"
-        try:
-            sweep = gamma_sweep(scores, labels, d.seen_classes, d.unseen_classes)
-            grid = oracle_grid_sweep(scores, labels, d.seen_classes, d.unseen_classes)
-            report.plot_gamma_curve(
-                sweep,
-                gamma,
-                grid.best,
-                plots / "gzsl_gamma_curve.png",
-                title=f"{results['method']} on {d.dataset}: test S/U over gamma",
-            )
-        except Exception as exc:  # a plot must never lose a finished run
-            log.warning("could not write the gamma plot: %s", exc)
+        labels = d.labels[self.test_idx]
+        if isinstance(fitted.model, nn.Module):
+            self.plot_attention(fitted.model)
+        sweep = gamma_sweep(tested.scores, labels, d.seen_classes, d.unseen_classes)
+        grid = oracle_grid_sweep(tested.scores, labels, d.seen_classes, d.unseen_classes)
+        report.plot_gamma_curve(
+            sweep,
+            fitted.selection["gamma_used"],
+            grid.best,
+            self.run_dir / "plots" / "gzsl_gamma_curve.png",
+            title=f"{results['method']} on {d.dataset}: test S/U over gamma",
+        )
 
     @torch.no_grad()
     def plot_attention(self, model: nn.Module, n_attributes: int = 4) -> None:
@@ -612,7 +473,7 @@ class AttributeRun:
             return
         try:
             i = int(d.test_unseen_loc[0])
-            x = make_transforms(self.prep.image_size, train=False)(
+            x = make_transforms(self.spec.image_size, train=False)(
                 Image.open(d.image_files[i]).convert("RGB")
             )
             model.eval()
@@ -638,131 +499,53 @@ class AttributeRun:
         except Exception as exc:  # a plot must never lose a finished run
             log.warning("could not write the attention plot: %s", exc)
 
+    # ---- finished runs
+    @classmethod
+    def load_model(cls, run_dir: Path, cfg: RunConfig) -> nn.Module:
+        """The final model of a finished run (config.yaml + semantics + final weights)."""
+        if get_model_entry(cfg.model.name, cls.setting).fit == "closed_form":
+            raise ValueError(
+                f"{cfg.model.name} runs keep no network weights; use `unseen eval` on its folder instead"
+            )
+        weights = run_dir / cls.weights_file
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: the run has no final weights (did it finish?)")
+        sem = load_safetensors(run_dir / "semantics.safetensors")
+        m = cfg.model
+        if not cfg.features.cache:
+            m.backbone_weights, m.pretrained = (
+                None,
+                False,
+            )  # fine-tuned backbone weights come from the checkpoint
+        model = create_model(m.name, m, "attribute", attribute_embeddings=sem.get("attribute_embeddings"))
+        missing, unexpected = model.load_state_dict(load_safetensors(weights), strict=not cfg.features.cache)
+        # frozen-backbone runs store the head only; the backbone comes from model.backbone_weights
+        bad = [k for k in missing if not k.startswith("backbone.")] + list(unexpected)
+        if bad:
+            raise ValueError(f"{weights}: weights do not match the model: {bad[:5]}")
+        return model.eval()
 
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    from unseen.config import load_config
+    def load_fitted(self, selection: dict[str, Any]) -> Fitted:
+        if self.model_entry.fit == "closed_form":  # the test scores were saved: nothing else to rebuild from
+            scores = np.load(self.run_dir / "test_scores.npy").astype(np.float64)
+            return Fitted(None, selection, test_scores=scores)
+        model = type(self).load_model(self.run_dir, self.cfg)
+        if self.cfg.features.cache:
+            model.backbone = self._packed_backbone(model.backbone)
+        return Fitted(model.to(self.device), selection)
 
-    return load_config(Path(run_dir) / "config.yaml")
+    @classmethod
+    def predictor(cls, run_dir: Path) -> Predictor:
+        from PIL import Image
 
+        cfg = load_run_config(run_dir)
+        model = cls.load_model(run_dir, cfg)
+        sem = load_safetensors(run_dir / "semantics.safetensors")
+        info = json.loads((run_dir / "classes.json").read_text())
+        tf = make_transforms(info["image_size"], train=False)
 
-def load_semantics(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    run_dir = Path(run_dir)
-    return load_safetensors(run_dir / "semantics.safetensors"), json.loads(
-        (run_dir / "classes.json").read_text()
-    )
+        def scorer(keep: np.ndarray):
+            attrs = sem["class_attributes"][torch.as_tensor(keep)]
+            return lambda path: model(tf(Image.open(path).convert("RGB")).unsqueeze(0), attrs)["scores"][0]
 
-
-def load_trained_model(run_dir: str | Path) -> tuple[nn.Module, RunConfig, dict[str, torch.Tensor], dict]:
-    """Rebuild a finished run's final model from its folder (config.yaml + semantics + final weights)."""
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    sem, classes = load_semantics(run_dir)
-    if cfg.model.name == "eszsl":
-        raise ValueError("ESZSL runs keep no network weights; use `unseen eval` on its folder instead")
-    weights = run_dir / "final" / "last.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: the run has no final weights (did it finish?)")
-    m = cfg.model
-    if not cfg.features.cache:
-        m.backbone_weights, m.pretrained = None, False  # fine-tuned backbone weights come from the checkpoint
-    model = create_model(m.name, m, "attribute", attribute_embeddings=sem.get("attribute_embeddings"))
-    missing, unexpected = model.load_state_dict(load_safetensors(weights), strict=not cfg.features.cache)
-    # frozen-backbone runs store the head only; the backbone comes from model.backbone_weights
-    bad = [k for k in missing if not k.startswith("backbone.")] + list(unexpected)
-    if bad:
-        raise ValueError(f"{weights}: weights do not match the model: {bad[:5]}")
-    return model.eval(), cfg, sem, classes
-
-
-# --------------------------------------------------------------------------------------------- runs.py hooks
-run_class = AttributeRun
-
-
-def evaluate_saved(run_dir: Path) -> dict[str, Any]:
-    """Recompute a finished run's test metrics from its final model (ESZSL: from its saved test scores)."""
-    results = json.loads((run_dir / "results.json").read_text())
-    cfg = load_run_config(run_dir)
-    run = AttributeRun(cfg, run_dir)
-    d = run.data
-    test_idx = np.concatenate([d.test_seen_loc, d.test_unseen_loc])
-    if cfg.model.name == "eszsl":
-        scores = np.load(run_dir / "test_scores.npy").astype(np.float64)
-    else:
-        model, *_ = load_trained_model(run_dir)
-        if cfg.features.cache:
-            model.backbone = run._packed_backbone(model.backbone)
-        model.to(run.device)
-        scores = compute_scores(model, run.dataset(test_idx, train=False), run.class_attributes, run.device)
-    gamma = results["selection"]["gamma_used"]
-    return evaluate_attribute(
-        scores,
-        d.labels[test_idx],
-        d.seen_classes,
-        d.unseen_classes,
-        gamma,
-        oracle=cfg.eval.oracle,
-        ausuc_mode=cfg.eval.ausuc,
-    )
-
-
-def predict_images(run_dir: Path, images: list[str], classes: str, topk: int) -> list[dict]:
-    from PIL import Image
-
-    from unseen.runs import select_classes
-
-    model, cfg, sem, info = load_trained_model(run_dir)
-    names = info["class_names"]
-    keep = select_classes(names, sem["seen_classes"].tolist(), classes)
-    attrs = sem["class_attributes"][torch.as_tensor(keep)]
-    seen = set(sem["seen_classes"].tolist())
-    tf = make_transforms(info["image_size"], train=False)
-    out = []
-    for path in images:
-        x = tf(Image.open(path).convert("RGB")).unsqueeze(0)
-        with torch.no_grad():
-            s = model(x, attrs)["scores"][0]
-        vals, idx = s.topk(min(topk, len(keep)))
-        out.append(
-            {
-                "image": path,
-                "top": [
-                    {"class": names[int(keep[i])], "score": float(v), "seen": int(keep[i]) in seen}
-                    for v, i in zip(vals.tolist(), idx.tolist())
-                ],
-            }
-        )
-    return out
-
-
-DEMO_METHODS = ["demo_mgmrn", "demo_attn1", "demo_eszsl"]
-DEMO_TITLE = "embedded attribute benchmark: accuracies in %, gamma and epoch chosen on validation"
-DEMO_COLUMNS = [
-    ("method", "method"),
-    ("czsl", "CZSL T1"),
-    ("U", "U"),
-    ("S", "S"),
-    ("H", "H"),
-    ("oracle_H", "H oracle*"),
-    ("time", "time"),
-]
-DEMO_FOOTER = (
-    "* oracle = gamma swept on the test set (the field's usual, optimistic number): for comparison only."
-)
-
-
-def demo_rows(res: dict[str, Any], elapsed: str) -> list[dict[str, Any]]:
-    m = res["metrics"]
-    return [
-        {
-            "method": res["method"],
-            "czsl": m["czsl_top1"],
-            "U": m["U"],
-            "S": m["S"],
-            "H": m["H"],
-            "oracle_H": res.get("oracle_test_selected", {}).get("oracle_H"),
-            "time": elapsed,
-        }
-    ]
-
-
-__all__ = ["AttributeRun", "XLSA17Config", "ShapesConfig", "compute_scores", "load_trained_model"]
+        return Predictor(info["class_names"], sem["seen_classes"].tolist(), scorer)

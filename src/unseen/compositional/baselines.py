@@ -1,4 +1,4 @@
-"""Compositional baselines on frozen CLIP (spec compositional-zsl.md §3): zero-shot CLIP and CSP.
+"""Compositional baselines on frozen CLIP: zero-shot CLIP and CSP, as in BatsResearch/csp.
 
 Both follow the shared interface of :class:`unseen.compositional.clip.FrozenClipCZSL` (see that module's
 docstring): ``Model(cfg, clip_model, attr_names, obj_names)``; ``model(images, pairs)`` -> ``{"scores",
@@ -140,11 +140,10 @@ def _cos_logits(image: Tensor, text: Tensor, scale: float | Tensor) -> Tensor:
     setting="compositional",
     config=ZeroShotCLIPConfig,
     description="zero-shot CLIP: 'a photo of {attr} {obj}', 100 * cos (no training)",
+    fit="none",
 )
 class ZeroShotCLIP(FrozenClipCZSL):
     """Zero-shot CLIP: logits = 100 * cos(image embedding, text embedding of the prompt). No trainable tensor."""
-
-    trainable = False  # nothing to train: evaluate directly
 
     def __init__(
         self,
@@ -203,8 +202,6 @@ class ZeroShotCLIP(FrozenClipCZSL):
 )
 class CSP(FrozenClipCZSL):
     """CSP: frozen CLIP; trainable soft vocabulary ``vocab`` (|A| + |O|, text width), attrs first then objs."""
-
-    trainable = True  # has tensors to train (the task code may skip training when False)
 
     def __init__(
         self, cfg: CSPConfig, clip_model: nn.Module, attr_names: Sequence[str], obj_names: Sequence[str]

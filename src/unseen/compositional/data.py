@@ -1,13 +1,13 @@
 """Readers for the czsl folder layout (MIT-States, UT-Zappos, C-GQA) and open-world feasibility.
 
-Layout (spec compositional-zsl.md §4)::
+Layout (as ExplainableML/czsl and CSP/Troika read it)::
 
     <root>/                                  e.g. .../mit-states, .../ut-zappos (or ut-zap50k), .../cgqa
       images/...                             metadata 'image' paths are relative to images/
       <split>/{train,val,test}_pairs.txt     one "attr obj" per line (default split: compositional-split-natural)
       metadata_<split>.t7                    torch.save'd list of dicts {image, attr, obj, set}
 
-Index spaces (the one thing never to mix up, spec §9):
+Index spaces (the one thing never to mix up: mixing them silently mislabels everything):
 
 * **attrs / objs**: ``sorted(set(...))`` over the three pair files; ``attr_idx`` / ``obj_idx`` are 0-based rows.
 * **closed world (CW) pairs** ``pairs`` = ``sorted(set(train ∪ val ∪ test pairs))`` as (attr, obj) tuples.
@@ -23,9 +23,10 @@ pairs; ``seen_mask[p]`` = pair p is a train pair; a sample is *seen* iff its gro
 Metadata is loaded with ``torch.load(weights_only=True)`` only; a file that asks for any code (a pickled
 ``os.system`` call, a numpy array, a class) raises :class:`unseen.io.UnsafeFileError` and nothing runs.
 
-Feasibility (spec §7): :func:`feasibility_scores` (CompCos), :func:`load_glove_vectors` (user-supplied GloVe text
-file), :func:`load_feasibility` / :func:`save_feasibility` (``{'feasibility': tensor}`` files as shipped by Troika),
-:func:`feasibility_thresholds` and :func:`feasible_mask`.
+Open-world feasibility: :func:`feasibility_scores` (CompCos, from GloVe as CSP/Troika compute it),
+:func:`load_glove_vectors` (user-supplied GloVe text file), :func:`load_feasibility` /
+:func:`save_feasibility` (``{'feasibility': tensor}`` files as shipped by Troika) and :func:`feasible_mask`;
+the candidate thresholds are :func:`unseen.compositional.metrics.feasibility_thresholds`.
 
 Every problem with a data file raises :class:`unseen.io.DataFormatError` naming the file and the field.
 """
@@ -71,7 +72,7 @@ DATASET_ALIASES = {
 # --------------------------------------------------------------------------------------------- known counts
 @dataclass(frozen=True)
 class KnownCounts:
-    """Spec §4.1 sizes of a benchmark on ``compositional-split-natural``.
+    """Published sizes of a benchmark on ``compositional-split-natural``.
 
     Asserted ([D] derived from Troika's feasibility tensors, [R] read): ``attrs``, ``objs`` (hence |A|·|O|),
     ``train_pairs`` and ``cw_pairs`` when not None. Only warned about ([M] recalled): the rest."""
@@ -403,7 +404,7 @@ def load_czsl(
     """Read a czsl dataset folder (module docstring for the layout and the index spaces).
 
     ``check_images``: record kept images that are not files in ``missing_images`` (logged; not an error here; the
-    image Dataset raises when it reaches one). ``verify_counts``: assert the spec §4.1 [D]/[R] counts (attrs,
+    image Dataset raises when it reaches one). ``verify_counts``: assert the firm :data:`KNOWN_COUNTS` (attrs,
     objs, train pairs, CW pairs where known); ``None`` = when the folder is a known benchmark and ``split`` is the
     natural split. A train entry whose pair is a CW pair but not a train pair has no training target: error."""
     root = Path(root)
@@ -515,7 +516,7 @@ def _assert_known_counts(data: CZSLData) -> None:
     bad = [f"{what}: found {got}, expected {want}" for what, got, want in checks if got != want]
     if bad:
         raise DataFormatError(
-            f"{data.root / data.split}: counts differ from the {data.dataset} benchmark (spec §4.1): "
+            f"{data.root / data.split}: counts differ from the {data.dataset} benchmark: "
             + "; ".join(bad)
             + ". Pass verify_counts=False for a subset or a different release."
         )
@@ -530,8 +531,8 @@ def _pair_split_counts(data: CZSLData, listed: Sequence[tuple[str, str]]) -> tup
 
 def check_czsl(root: str | os.PathLike[str], split: str = DEFAULT_SPLIT) -> list[str]:
     """Readable report lines of a czsl folder (``unseen data check czsl``): sizes, pairs seen/unseen per split,
-    vocabularies, missing images, skipped / unlisted pairs. For a known benchmark folder the [D]/[R] counts of
-    spec §4.1 are asserted (DataFormatError) and the [M] ones produce WARNING lines."""
+    vocabularies, missing images, skipped / unlisted pairs. For a known benchmark folder the firm counts of
+    :data:`KNOWN_COUNTS` are asserted (DataFormatError) and the recalled ones produce WARNING lines."""
     d = load_czsl(root, split, check_images=True)
     lines = [
         f"czsl dataset {d.dataset or '(unknown name)'} at {d.root} (split {d.split})",
@@ -589,7 +590,7 @@ def check_czsl(root: str | os.PathLike[str], split: str = DEFAULT_SPLIT) -> list
     if d.dataset in KNOWN_COUNTS and d.split == DEFAULT_SPLIT:
         k = KNOWN_COUNTS[d.dataset]
         lines.append(
-            f"known counts of {d.dataset} (spec §4.1 [D]/[R]): attrs, objs, train pairs"
+            f"known counts of {d.dataset} (asserted): attrs, objs, train pairs"
             + (", closed-world pairs" if k.cw_pairs is not None else "")
             + ": OK"
         )
@@ -601,7 +602,7 @@ def check_czsl(root: str | os.PathLike[str], split: str = DEFAULT_SPLIT) -> list
         ]
         for what, got, want in recalled:
             if got != want:
-                lines.append(f"WARNING {what}: found {got}, spec §4.1 recalls {want} [M, not asserted]")
+                lines.append(f"WARNING {what}: found {got}, published (recalled) {want} [not asserted]")
     return lines
 
 
@@ -609,7 +610,7 @@ def check_czsl(root: str | os.PathLike[str], split: str = DEFAULT_SPLIT) -> list
 def clip_transforms(
     size: int = 224, train: bool = False, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
 ) -> Callable[[Any], torch.Tensor]:
-    """CLIP image transforms as CSP/Troika use them (spec §4): Resize(size, bicubic) -> CenterCrop(size) -> RGB ->
+    """CLIP image transforms as CSP/Troika use them: Resize(size, bicubic) -> CenterCrop(size) -> RGB ->
     ToTensor -> Normalize(CLIP mean/std). ``train`` adds RandomHorizontalFlip, RandomPerspective and
     RandomRotation(5°) after the crop."""
     from torchvision import transforms as T
@@ -668,9 +669,10 @@ class CZSLImageDataset(Dataset):
 
 
 # --------------------------------------------------------------------------------------------- feasibility
-#: Word remap before GloVe lookup (keys lower-case; the value's ``_`` words are averaged). Spec §7 lists
-#: faux.fur, patent.leather, boots.ankle, nubuck, trash_can, eiffel_tower [R]; the other UT-Zappos and C-GQA entries
-#: follow the czsl/CSP tables as recalled [M]. Override with ``remap=`` where a word is missing from your file.
+#: Word remap before GloVe lookup (keys lower-case; the value's ``_`` words are averaged), after CSP/Troika.
+#: faux.fur, patent.leather, boots.ankle, nubuck, trash_can, eiffel_tower are as read in their code; the other
+#: UT-Zappos and C-GQA entries follow the czsl/CSP tables as recalled, not re-checked. Override with ``remap=``
+#: where a word is missing from your file.
 GLOVE_REMAP: dict[str, str] = {
     "faux.fur": "fake_fur",
     "faux.leather": "fake_leather",
@@ -743,7 +745,7 @@ def load_glove_vectors(
         shown = "; ".join(f"{w!r} (for {ns[:3]})" for w, ns in list(missing.items())[:20])
         raise DataFormatError(
             f"{path}: {len(missing)} words not in the file: {shown}"
-            f"{' ...' if len(missing) > 20 else ''}. Add them to remap= (spec §7)."
+            f"{' ...' if len(missing) > 20 else ''}. Add them to remap= (a word your GloVe file has)."
         )
     return {n: np.mean([found[w] for w in ws], axis=0).astype(np.float32) for n, ws in words.items()}
 
@@ -785,7 +787,7 @@ def feasibility_scores(
     train_pairs: Iterable[tuple[str, str]],
     embeddings: Mapping[str, Any] | tuple[Any, Any],
 ) -> np.ndarray:
-    """CompCos feasibility of every OW pair (spec §7) -> float32 (|A|·|O|,), attr-major (index a*|O| + o).
+    """CompCos (CVPR'21) feasibility of every OW pair -> float32 (|A|·|O|,), attr-major (index a*|O| + o).
 
     For an unseen (a, o): s_obj = max cos(e(o), e(o')) over objects o' != o with (a, o') a train pair (-1 if none),
     s_att = max cos(e(a), e(a')) over attrs a' != a with (a', o) a train pair (-1 if none); f = (s_obj + s_att) / 2.
@@ -846,22 +848,10 @@ def save_feasibility(path: str | os.PathLike[str], f: Any) -> None:
         torch.save({"feasibility": tensor}, tmp)
 
 
-def feasibility_thresholds(f: Any, seen_mask: Any, n: int = 50) -> np.ndarray:
-    """``linspace(min f, max f, n)`` over the unseen pairs (``seen_mask`` False), float64; the candidate
-    open-world thresholds evaluated on val (spec §7)."""
-    f = np.asarray(f, np.float64).ravel()
-    seen = np.asarray(seen_mask, bool).ravel()
-    if f.shape != seen.shape:
-        raise ValueError(f"feasibility ({f.size}) and seen_mask ({seen.size}) differ in length")
-    if seen.all():
-        raise ValueError("every pair is seen: no unseen feasibility to threshold")
-    u = f[~seen]
-    return np.linspace(u.min(), u.max(), n)
-
-
 def feasible_mask(f: Any, seen_mask: Any, threshold: float) -> np.ndarray:
-    """Open-world pairs kept at ``threshold``: seen pairs, and unseen pairs with f >= threshold (spec §7: removed
-    pairs are excluded from the candidates, never multiplied by 0)."""
+    """Open-world pairs kept at ``threshold``: seen pairs, and unseen pairs with f >= threshold (removed pairs
+    are excluded from the candidates, not multiplied by 0 as in CSP/Troika, which only removes positive
+    scores)."""
     f = np.asarray(f).ravel()
     seen = np.asarray(seen_mask, bool).ravel()
     if f.shape != seen.shape:
@@ -883,7 +873,6 @@ __all__ = [
     "clip_transforms",
     "dataset_name",
     "feasibility_scores",
-    "feasibility_thresholds",
     "feasible_mask",
     "glove_words",
     "load_czsl",

@@ -1,19 +1,20 @@
-"""Compositional ZSL evaluation: the czsl/CSP bias-sweep evaluator in streaming form (design spec
-``compositional-zsl.md`` sections 5-7).
+"""Compositional ZSL evaluation: the czsl/CSP bias-sweep evaluator in streaming form (the semantics of
+ExplainableML/czsl's ``Evaluator``, as CSP, Troika and CAMS copy it, in memory independent of the pair count).
 
 Conventions (every class and function here):
 
 * Columns ``0..P-1`` follow the candidate list ``pairs`` (``P x 2`` int array: attribute index, object index per
   column; sorted in practice). ``seen_mask[p]``: column ``p`` is a train pair. ``eval_mask[p]``: column ``p`` is a
   candidate (closed world: train + val or train + test pairs; open world: the kept columns, see
-  :func:`open_world_keep_mask`). Every seen column must be in the eval mask (spec section 6, A1).
+  :func:`open_world_keep_mask`). Every seen column must be in the eval mask (true of every czsl candidate set;
+  the streaming state relies on it).
 * Samples ``0..N-1``: ``gt_pair[n]`` indexes ``pairs``; a sample is *seen* iff its ground-truth pair is a train pair.
   A prediction is correct iff it is the ground-truth column (pairs are unique, so this is "attr and obj match").
 * Scores are the unbiased model scores, higher = better; fed as blocks (any rows x any columns, any order) to
   :meth:`StreamingEvaluator.update`. Only the seen and in-mask unseen columns are read; every one of them must
   reach every sample exactly once. NaN or +inf in a read column is an error; -inf is allowed (never predicted).
 
-The reference algorithm (section 5), reproduced exactly: at bias ``b`` add ``b`` to every unseen column, set the
+The reference algorithm, reproduced exactly: at bias ``b`` add ``b`` to every unseen column, set the
 columns outside the eval mask to ``-1e10``, predict the first maximal column (``argmax``; ties go to the column
 that comes first in ``pairs``). ``b = 1e3`` gives the max-bias point. Candidate biases: for every unseen sample
 correct at ``1e3``, ``d = (max seen score) - (GT score) - 1e-4``; sorted, subsampled with step
@@ -29,7 +30,7 @@ converted to Python floats; AUC and HM in float64. ``dtype="float64"`` does the 
 reference returns NaN there); with no unseen sample correct at ``1e3`` the curve is the single max-bias point and
 AUC is 0.
 
-Streaming (section 6): per sample the evaluator keeps the best seen score and its first column, the ``k`` best
+Streaming: per sample the evaluator keeps the best seen score and its first column, the ``k`` best
 *distinct* unseen in-mask scores with the first column of each (``k = topk``, exact mode; ``k = 1`` otherwise) and
 the GT score: ``O(N k)`` memory for any ``P``. The seen/unseen winner at any bias is exact (``fl(x + b)`` is
 monotone, so the biased unseen maximum is ``fl(u + b)``). The unseen column at bias ``b`` is the first column among
@@ -45,7 +46,7 @@ Attribute/object accuracy: ``attr_obj="csp"`` (default; CSP, Troika, CAMS): the 
 vs the GT attribute (object), over all samples. ``attr_obj="czsl"``: the same at ``b = 1e3`` (czsl's
 ``closed_attr_match``).
 
-Open world (section 7): :class:`ThresholdSearch` finds, in one pass over the validation scores, the AUC at each of
+Open world: :class:`ThresholdSearch` finds, in one pass over the validation scores, the AUC at each of
 the 50 feasibility thresholds (infeasible unseen columns are *excluded*, never multiplied by 0; seen columns are
 always kept) and picks the first best (strict ``>``). If every AUC is 0 nothing is removed (CSP keeps its initial
 threshold -10, i.e. every pair). The test run is then a :class:`StreamingEvaluator` with
@@ -473,7 +474,7 @@ class StreamingEvaluator(_Stream):
         return _predict(self, self.uv, self.ui, bias)
 
     def result(self) -> CZSLResult:
-        """The full section-5 result from the accumulated state (the stream may continue afterwards)."""
+        """The full bias-sweep result from the accumulated state (the stream may continue afterwards)."""
         self._check_complete()
         return _evaluate_state(self, self.uv, self.ui, self.attr_obj)
 

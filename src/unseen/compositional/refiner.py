@@ -1,7 +1,9 @@
 """Refiner-R: a reconstruction of Refiner (ICASSP 2025) for compositional zero-shot learning on frozen CLIP.
 
-Refiner's paper text, code and hyper-parameters are not public; this is the reconstruction of spec
-compositional-zsl.md §2 [I] (Troika's multi-path text side + CAMS-style learnable queries on the visual side).
+Refiner's paper text, code and hyper-parameters are not public; this reconstruction follows its abstract
+(learnable queries refining the visual tokens; alignment with states, objects and compositions) with the parts
+taken from the closest readable relatives: Troika's multi-path text side + CAMS-style learnable queries on the
+visual side.
 Shapes below are for ViT-L/14 at 224 px; every width is read from the CLIP model, so the same code runs the
 packaged tiny configs (W = vision width, D = joint embedding dim, Wt = text width).
 
@@ -26,9 +28,8 @@ packaged tiny configs (W = vision width, D = joint embedding dim, Wt = text widt
 8. Inference: score(a, o) = beta l_g + (1 - beta) l_c + softmax(l_s)[a] softmax(l_o)[o] (beta 0.85; 0.65 UT-Zappos);
    without the global branch score = l_c + softmax(l_s)[a] softmax(l_o)[o].
 
-Switches: ``adapters`` (AdaptFormer bottleneck adapters, parallel to every attention and MLP sub-layer of the
-visual tower, up-projection zero-init, so training starts from CLIP's exact features); ``cmt`` (Troika's
-cross-modal traction) is not implemented and raises.
+Switch: ``adapters`` (AdaptFormer bottleneck adapters, parallel to every attention and MLP sub-layer of the
+visual tower, up-projection zero-init, so training starts from CLIP's exact features).
 
 Interface (shared with the baselines, see :mod:`unseen.compositional.clip`): ``Refiner(cfg, clip_model,
 attr_names, obj_names)``; ``model(images, pairs, return_attention=False)`` -> dict with ``scores``,
@@ -74,7 +75,8 @@ BRANCHES = ("state", "obj", "comp")
 
 @dataclass
 class RefinerConfig(ClipModelConfig):
-    """Refiner-R defaults (spec §2; MIT-States / C-GQA: beta 0.85, UT-Zappos: 0.65; C-GQA: vocab_dropout 0)."""
+    """Refiner-R defaults (our reconstruction; loss weights as CAMS; MIT-States / C-GQA: beta 0.85,
+    UT-Zappos: 0.65; C-GQA: vocab_dropout 0)."""
 
     name: str = "refiner"
     n_queries: int = 32
@@ -108,7 +110,6 @@ class RefinerConfig(ClipModelConfig):
     adapter_dim: int = 64
     adapter_scale: float = 0.1
     visual_checkpoint: bool = True  # with adapters: activation checkpointing per visual block while training
-    cmt: bool = False  # Troika cross-modal traction: not implemented
 
     def __post_init__(self) -> None:
         self._check_scale("tau")
@@ -133,11 +134,6 @@ class RefinerConfig(ClipModelConfig):
         if self.refine_heads < 0:
             raise ConfigError(
                 f"model '{self.name}'.refine_heads: expected >= 0 (0 = CLIP's), got {self.refine_heads}"
-            )
-        if self.cmt:
-            raise ConfigError(
-                f"model '{self.name}'.cmt: Troika-style cross-modal traction is not implemented in "
-                "Refiner-R (spec §2.6 option, off by default); set cmt: false"
             )
 
 
@@ -194,8 +190,6 @@ class Adapter(nn.Module):
 class Refiner(FrozenClipCZSL):
     """Refiner-R (module docstring). Trainable: queries, refinement layer, branch encoders/norm/projections, soft
     vocabulary, three contexts (and adapters / log-tau when switched on)."""
-
-    trainable = True  # has tensors to train (the task code may skip training when False)
 
     def __init__(
         self, cfg: RefinerConfig, clip_model: nn.Module, attr_names: Sequence[str], obj_names: Sequence[str]

@@ -1,4 +1,4 @@
-"""Multi-label ZSL baselines through the same pipeline as Epsilon-R (spec §5).
+"""Multi-label ZSL baselines through the same pipeline as Epsilon-R.
 
 * ``biam``: the bi-level attention model of Narayan et al. (ICCV'21) on a region grid: region context (multi-head
   self-attention over regions, 1x1 projections, FFN) + scene context (a gate from the global feature over the

@@ -1,6 +1,6 @@
 """Multi-label ZSL readers: NUS-WIDE and Open Images V4 label spaces, the NUS GloVe vectors, BiAM-layout h5 features.
 
-Contract (spec multilabel-zsl.md §0, §1, §6):
+Contract (the BiAM / LESA data conventions, so that their files load as distributed):
 
 * Label order is always the GZSL order ``[seen | unseen]``. NUS-WIDE: the 925 tags of ``TagList1k.txt`` that are not
   in ``Concepts81.txt`` (TagList1k order), then the 81 concepts (Concepts81 order) = 1,006. Open Images V4: the
@@ -164,7 +164,7 @@ def _as_names(obj: Any, path: Path, what: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- NUS-WIDE
 def load_nus_wide_labels(root: str | os.PathLike[str]) -> LabelSpace:
-    """NUS-WIDE label space from ``root/TagList1k.txt`` and ``root/Concepts81.txt`` (spec §6.1).
+    """NUS-WIDE label space from ``root/TagList1k.txt`` and ``root/Concepts81.txt`` (LESA/BiAM split).
 
     seen = the tags not in Concepts81 (TagList1k order: 925), unseen = the concepts (Concepts81 order: 81).
     ``overlap_source_index`` records the rows of the 75 tags that are also concepts within the tag list."""
@@ -231,12 +231,13 @@ def load_nus_wide_glove(
     eps: float = DEFAULT_EPS,
     dim: int | None = 300,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """NUS-WIDE GloVe vectors (spec §6.3) -> ``(seen (925, 300), unseen (81, 300))`` float32, label order.
+    """NUS-WIDE GloVe vectors (raw GloVe 6B-300d, as BiAM / LESA ship them) -> ``(seen (925, 300), unseen (81,
+    300))`` float32, label order.
 
     ``path``: the BiAM/LESA pickle (a list of two float32 arrays, (1000, 300) in TagList1k order and (81, 300) in
     Concepts81 order; loaded with the restricted unpickler) or the ``.npz`` with ``tags1k`` / ``concepts81``.
     Seen rows = tag rows at ``labels.seen_source_index``; unseen = concept rows at ``labels.unseen_source_index``.
-    ``normalize`` (default, spec §0.3) divides every row by ``max(||row||, eps)``."""
+    ``normalize`` (default, as BiAM; raw rows have norms ~6-7) divides every row by ``max(||row||, eps)``."""
     path = Path(path)
     if labels.dataset != "nus_wide":
         raise ValueError(f"load_nus_wide_glove needs the NUS-WIDE label space, got {labels.dataset!r}")
@@ -338,7 +339,7 @@ def load_class_descriptions(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def load_open_images_labels(root: str | os.PathLike[str], *, descriptions: bool = True) -> LabelSpace:
-    """Open Images V4 label space (spec §6.2) from the ``2018_04`` folder ``root``.
+    """Open Images V4 label space (LESA/BiAM split) from the ``2018_04`` folder ``root``.
 
     seen = ``classes-trainable.txt`` (7,186); unseen source = ``unseen_labels.pkl`` (2,594 MIDs; or
     ``unseen_labels.txt``); unseen = the rows of ``top_400_unseen.csv`` (400) in that order; GZSL = 7,586.

@@ -1,7 +1,9 @@
 """Epsilon-R: our reconstruction of Epsilon (Liu et al., AAAI 2025) for multi-label zero-shot learning.
 
-Epsilon has no public code and its method section could not be read; every choice below is the reconstruction of
-spec §3 (``multilabel-zsl.md``), with the unknowns exposed as config switches. Name results "Epsilon-R".
+Epsilon has no public code and its method details are not public; what is known (group prompts aggregation,
+global forward propagation, a learnable fusion, a ranking loss with a regulariser) is filled in from the closest
+readable relatives, the first author's (ML)2P-Encoder and SDL, and every unknown is a config switch. Name results
+"Epsilon-R".
 
 Data flow (B images, N region/patch tokens of width d_in, C scored labels with D-dim label embeddings):
 
@@ -35,7 +37,7 @@ from unseen.registry import register_model
 
 @dataclass
 class EpsilonConfig:
-    """Epsilon-R hyper-parameters (spec §3; defaults = the reconstruction's)."""
+    """Epsilon-R hyper-parameters (defaults are our reconstruction's choices; the paper's are unknown)."""
 
     name: str = "epsilon"
     dim: int = 512  # d, the token width inside the model

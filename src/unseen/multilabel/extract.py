@@ -1,4 +1,5 @@
-"""Region features from images into the BiAM h5 layout (the backend of ``unseen extract``; spec §0.4, §6.1).
+"""Region features from images into the BiAM h5 layout, as BiAM extracts them (the backend of ``unseen
+extract``).
 
 :func:`extract_h5` runs a frozen backbone over a list of images and writes, per image, ``<name>-features`` float32
 ``(C, N)`` = channels x regions (row-major over the H x W grid), its label vector(s) as int8 (``<name>-labels`` or
@@ -11,7 +12,7 @@ sidecar after it; an existing output is never overwritten unless ``overwrite=Tru
 Backbones (no download ever happens here; weights come from local files through
 :func:`unseen.backbones.load_weights`, otherwise the network is randomly initialised):
 
-* ``vgg19``: torchvision VGG-19 ``features`` up to conv5_4 + ReLU (512 x 14 x 14 at 224 px). The spec's transform:
+* ``vgg19``: torchvision VGG-19 ``features`` up to conv5_4 + ReLU (512 x 14 x 14 at 224 px). BiAM's transform:
   bilinear resize to ``image_size`` x ``image_size`` (no crop), ImageNet mean/std.
 * ``vit`` (= ``vit:vit_base_patch16_224``) or ``vit:<timm model name>``: timm ViT, the patch tokens after the final
   norm (N = 196, C = 768 for ViT-B/16 at 224) plus the CLS token; same resize, the model's own mean/std.
@@ -45,7 +46,6 @@ from unseen.features import provenance, state_dict_hash
 from unseen.io import DataFormatError, atomic_write_json, file_sha256
 from unseen.multilabel.data import h5_name, write_biam_h5
 
-BACKBONES = ("vgg19", "vit", "tiny")
 DEFAULT_VIT = "vit_base_patch16_224"
 SIDECAR_VERSION = 1
 
@@ -416,7 +416,6 @@ def load_extractor(sidecar: str | os.PathLike[str], device: str | torch.device =
 
 
 __all__ = [
-    "BACKBONES",
     "Extractor",
     "ImageFeaturizer",
     "build_extractor",

@@ -1,4 +1,4 @@
-"""Ranking losses of multi-label ZSL (spec §4) and the prompt regularisers of Epsilon-R (§3.5).
+"""Ranking losses of multi-label ZSL (BiAM, SDL) and the prompt regularisers of Epsilon-R (SDL-style).
 
 Labels are int tensors in {+1, -1, 0}; 0 = not annotated, ignored by every loss here except SDL, which treats it as
 negative on purpose (its paper's convention).
@@ -15,7 +15,7 @@ def _check(scores: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 def biam_ranking_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
-    """BiAM's pairwise hinge (spec §4.1), computed per image over positives x negatives.
+    """BiAM's pairwise hinge (its ``ranking_lossT``), computed per image over positives x negatives.
 
     For image n: l_n = sum_{p in P_n, q in N_n} [margin + s_q - s_p]_+ / (#violating pairs + 1e-8), where P_n / N_n are
     the labels marked +1 / -1; images without a violating pair contribute 0. Returns the mean over the batch.
@@ -33,8 +33,9 @@ def biam_ranking_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float 
 
 
 def sdl_loss(scores: torch.Tensor, labels: torch.Tensor, label_embeddings: torch.Tensor) -> torch.Tensor:
-    """SDL's semantic-diversity ranking loss (spec §4.2), unknown (0) treated as negative; images without a
-    positive are skipped. l_n = (1 + sum_dims Var_{p in P_n}(w_p)) * sum_{p, q} log(1 + exp(s_q - s_p)) / |P_n|
+    """SDL's semantic-diversity ranking loss (Alibaba-MIIL/ZS_SDL), unknown (0) treated as negative; images
+    without a positive are skipped.
+    l_n = (1 + sum_dims Var_{p in P_n}(w_p)) * sum_{p, q} log(1 + exp(s_q - s_p)) / |P_n|
     (population variance: 0 for a single positive). ``label_embeddings``: C x D rows of the scored labels."""
     _check(scores, labels)
     losses = []

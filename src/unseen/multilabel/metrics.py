@@ -1,4 +1,5 @@
-"""Evaluation metrics for multi-label ZSL / GZSL (design spec ``multilabel-zsl.md`` sections 7 and 9).
+"""Evaluation metrics for multi-label ZSL / GZSL: masked per-class AP, mAP, overall P/R/F1@K (the LESA / BiAM
+protocol).
 
 Conventions (shared by every function here):
 
@@ -8,17 +9,17 @@ Conventions (shared by every function here):
   float32 / float64 scores (numpy or CPU tensors, also strided views such as ``scores[:, 7186:]``) are used in
   place; float16 / bfloat16 scores are widened to float32 and integer scores to float64 (both exact); labels that
   are not int8 are converted to an int8 copy. The work runs in numpy and (multithreaded) torch CPU ops.
-* **AP** (section 7.1) is per class and masked: only the images annotated (``+1`` or ``-1``) for the class count.
+* **AP** is per class and masked: only the images annotated (``+1`` or ``-1``) for the class count.
   Tied scores form one threshold, exactly as ``sklearn.metrics.average_precision_score``:
   ``AP_c = (1/|Pos_c|) sum_{thresholds t} (TP_t - TP_{t-1}) * TP_t / (TP_t + FP_t)``, i.e. every positive gets the
   precision at the end of its tie group. A class without a positive has ``AP = nan``.
-* **mAP** (section 7.2) = mean of ``AP_c`` over the classes with >= 1 positive (``n_excluded`` counts the
-  others). ``biam_compat=True`` gives those classes ``AP = 0`` and averages them in (BiAM's convention; for
-  comparison only; the pooled Open Images AP of section 7.4 is *not* reproduced). ``weighted=True`` gives
-  ``sum_c n+_c AP_c / sum_c n+_c``.
+* **mAP** = mean of ``AP_c`` over the classes with >= 1 positive (``n_excluded`` counts the others).
+  ``biam_compat=True`` gives those classes ``AP = 0`` and averages them in (BiAM's convention; for comparison
+  only; BiAM's Open Images AP, which by a bug pools every annotated label of the selected images, is *not*
+  reproduced). ``weighted=True`` gives ``sum_c n+_c AP_c / sum_c n+_c``.
 * ``image_filter="all"`` evaluates every image (NUS-WIDE); ``"has_positive"`` drops the images with no ``+1`` in
   the evaluated label space (Open Images, separately for ZSL and GZSL).
-* **P/R/F1@K** (section 7.3) are overall (micro) over the image set: per image the top-K labels (ties broken by
+* **P/R/F1@K** are overall (micro) over the image set: per image the top-K labels (ties broken by
   the lowest column index); ``TP`` = top-K entries labelled ``+1`` (a ``0`` or ``-1`` in the top-K is a false
   positive); ``P@K = TP / (N K)``, ``R@K = TP / #{Y = +1}``, ``F1 = 2PR / (P + R)`` (``0`` if ``P + R = 0``).
   Over an empty image set P and R are ``nan``; R is ``nan`` when there is no positive.
@@ -541,7 +542,7 @@ def _prf_at_k(
 
 
 def average_precision(scores: Any, labels: Any, *, chunk_size: int | None = None) -> np.ndarray:
-    """Masked per-class AP, shape ``(C,)`` float64; ``nan`` for classes without a positive (section 7.1).
+    """Masked per-class AP, shape ``(C,)`` float64; ``nan`` for classes without a positive.
 
     Equal to ``sklearn.metrics.average_precision_score(labels[m, c] == 1, scores[m, c])`` with
     ``m = labels[:, c] != 0`` for every class with a positive (tied scores form one threshold). ``chunk_size``
@@ -560,7 +561,7 @@ def mean_average_precision(
     image_filter: str = "all",
     chunk_size: int | None = None,
 ) -> dict[str, Any]:
-    """mAP over the classes with >= 1 positive among the kept images (section 7.2).
+    """mAP over the classes with >= 1 positive among the kept images.
 
     Returns ``{"mAP", "n_excluded", "per_class", "n_positives", "n_images"}``: ``per_class`` = AP per class
     (``nan`` without a positive, also with ``biam_compat``), ``n_positives`` = ``+1`` count per class,
@@ -583,7 +584,7 @@ def precision_recall_f1_at_k(
     image_filter: str = "all",
     chunk_size: int | None = None,
 ) -> dict[str, float]:
-    """Overall (micro) ``P@K``, ``R@K``, ``F1@K`` for every K (section 7.3); keys ``"P@3"``, ``"R@3"``, ...
+    """Overall (micro) ``P@K``, ``R@K``, ``F1@K`` for every K; keys ``"P@3"``, ``"R@3"``, ...
 
     ``chunk_size`` = rows per block (default: about 8M entries per block). ``K > C`` is rejected.
     """

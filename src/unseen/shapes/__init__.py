@@ -1,7 +1,13 @@
 """The embedded benchmark: procedurally rendered worlds exported to the real benchmarks' on-disk layouts.
 
 - :mod:`unseen.shapes.render`: drawing primitives (shapes, colours, patterns, clutter), shared by the worlds.
+- :mod:`unseen.shapes.common`: what every world shares (atomic export, reuse checks, fingerprints, word vectors).
 - :mod:`unseen.shapes.attribute_world`: species with part-located attributes, exported in the xlsa17 layout.
+- :mod:`unseen.shapes.multilabel_world`: cluttered multi-object scenes, exported in the NUS-WIDE / BiAM layout.
+- :mod:`unseen.shapes.compositional_world`: (state, object) pairs, exported in the czsl layout.
+
+This package only renders and exports data and depends on no setting; the settings read the exported worlds
+with their real readers.
 """
 
 from unseen.shapes.attribute_world import (
@@ -11,17 +17,23 @@ from unseen.shapes.attribute_world import (
     AttributeWorld,
     AttributeWorldConfig,
     Species,
-    WorldExistsError,
     attribute_names,
     attribute_word_vectors,
     build_attribute_world,
     export_attribute_world,
-    load_world_meta,
     render_species,
     sample_grid,
     verify_attribute_world,
 )
-from unseen.shapes.render import COLOURS, PATTERNS, SHAPES, draw_object, shape_polygon
+from unseen.shapes.common import (
+    WorldExistsError,
+    existing_world,
+    load_world_meta,
+    verify_world,
+    world_fingerprint,
+    write_folder_atomically,
+)
+from unseen.shapes.render import COLOURS, PATTERNS, SHAPES, draw_object, jitter_colour, shape_polygon
 
 __all__ = [
     "AttributeWorld",
@@ -38,10 +50,15 @@ __all__ = [
     "attribute_word_vectors",
     "build_attribute_world",
     "draw_object",
+    "existing_world",
     "export_attribute_world",
+    "jitter_colour",
     "load_world_meta",
     "render_species",
     "sample_grid",
     "shape_polygon",
     "verify_attribute_world",
+    "verify_world",
+    "world_fingerprint",
+    "write_folder_atomically",
 ]

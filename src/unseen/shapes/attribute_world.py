@@ -21,14 +21,9 @@ word vectors, ``attributes.txt``), plus ``pretrain/`` (disjoint species for pret
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import math
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +32,14 @@ import numpy as np
 from PIL import Image
 
 from unseen.config import to_dict
-from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
+from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from unseen.shapes.common import (
+    existing_world,
+    verify_world,
+    word_vector,
+    world_fingerprint,
+    write_folder_atomically,
+)
 from unseen.shapes.render import (
     COLOURS,
     add_clutter,
@@ -45,6 +47,7 @@ from unseen.shapes.render import (
     draw_object,
     finish_image,
     image_grid,
+    jitter_colour,
 )
 
 WORLD_VERSION = "attribute-world/1"
@@ -74,10 +77,6 @@ _TAIL_RATIO = 0.62
 
 #: Words that stand for an attribute value in the word vectors (and in the class names).
 _PATTERN_WORD = {"solid": "plain", "stripes": "striped", "dots": "spotted", "checker": "checkered"}
-
-
-class WorldExistsError(FileExistsError):
-    """The output folder exists and holds something other than this exact world; nothing was overwritten."""
 
 
 @dataclass
@@ -216,11 +215,6 @@ def attribute_names() -> list[str]:
     return [f"{part}::{prop}::{v}" for part, prop, values in PROPERTIES for v in values]
 
 
-def _word_vector(word: str, dim: int) -> np.ndarray:
-    seed = int.from_bytes(hashlib.sha256(f"unseen-word:{word}".encode()).digest()[:8], "little")
-    return np.random.default_rng(seed).standard_normal(dim) / math.sqrt(dim)
-
-
 def attribute_word_vectors(dim: int = WORD_DIM) -> np.ndarray:
     """A x ``dim`` float32 "word2vec-like" attribute vectors: the sum of fixed pseudo-random word vectors.
 
@@ -233,8 +227,8 @@ def attribute_word_vectors(dim: int = WORD_DIM) -> np.ndarray:
     for part, prop, values in PROPERTIES:
         for v in values:
             word = _PATTERN_WORD.get(v, v) if prop == "pattern" else v
-            value_vec = 0.8 * _word_vector(word, dim) + 0.6 * _word_vector(f"<kind:{prop}>", dim)
-            rows.append(2.2 * (_word_vector(part, dim) + _word_vector(prop, dim) + value_vec))
+            value_vec = 0.8 * word_vector(word, dim) + 0.6 * word_vector(f"<kind:{prop}>", dim)
+            rows.append(2.2 * (word_vector(part, dim) + word_vector(prop, dim) + value_vec))
     return np.asarray(rows, dtype=np.float32)
 
 
@@ -419,12 +413,6 @@ def sample_attributes(species: Species, rng: np.random.Generator) -> tuple[int, 
     return tuple(int(rng.choice(len(p), p=p)) for p in species.probs)
 
 
-def _jitter_colour(name: str, rng: np.random.Generator, amount: float) -> np.ndarray:
-    c = np.asarray(COLOURS[name], dtype=np.float32)
-    c = c * (1.0 + rng.normal(0.0, amount, 3)) + rng.normal(0.0, amount * 0.5)
-    return np.clip(c, 0.0, 1.0).astype(np.float32)
-
-
 def render_species(
     values: tuple[int, ...], cfg: AttributeWorldConfig, rng: np.random.Generator
 ) -> Image.Image:
@@ -463,7 +451,7 @@ def render_species(
         centre - d * tail_off,
         rt,
         v["tail", "shape"],
-        _jitter_colour(v["tail", "colour"], rng, cfg.colour_jitter),
+        jitter_colour(v["tail", "colour"], rng, cfg.colour_jitter),
         "solid",
         tail_rot + float(rng.uniform(-10, 10)),
         rng,
@@ -474,7 +462,7 @@ def render_species(
         centre,
         rb,
         v["body", "shape"],
-        _jitter_colour(v["body", "colour"], rng, cfg.colour_jitter),
+        jitter_colour(v["body", "colour"], rng, cfg.colour_jitter),
         v["body", "pattern"],
         float(rng.uniform(-12, 12)),
         rng,
@@ -486,7 +474,7 @@ def render_species(
         centre + d * head_off,
         rh,
         v["head", "shape"],
-        _jitter_colour(v["head", "colour"], rng, cfg.colour_jitter),
+        jitter_colour(v["head", "colour"], rng, cfg.colour_jitter),
         "solid",
         float(rng.uniform(-12, 12)),
         rng,
@@ -562,97 +550,13 @@ def _loc(idx: list[int]) -> np.ndarray:
     return a.astype(np.uint16).reshape(-1, 1)
 
 
-def write_folder_atomically(
-    out_dir: Path, write: Callable[[Path], None], is_current: Callable[[], bool]
-) -> Path:
-    """Build a folder as a temporary sibling with ``write(tmp)`` and rename it to ``out_dir`` (never half-written).
-    An empty ``out_dir`` is replaced; if the rename loses to a concurrent builder whose folder ``is_current()``,
-    theirs is kept. On any error the temporary folder is removed."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        write(tmp)
-        try:
-            if out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-            os.rename(tmp, out_dir)
-        except OSError:
-            if is_current():  # built concurrently by someone else: theirs is identical
-                shutil.rmtree(tmp, ignore_errors=True)
-                return out_dir
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def existing_world(
-    out_dir: Path,
-    kind: str,
-    version: str,
-    config: dict[str, Any],
-    required: list[str] | tuple[str, ...],
-    with_listed_files: bool = False,
-) -> bool:
-    """True if ``out_dir`` holds this exact, complete ``kind`` world (same ``version`` and ``config``, every
-    ``required`` file, and with ``with_listed_files`` every file its world.json lists); False if it is missing or
-    empty; :class:`WorldExistsError` if it holds anything else (never overwritten)."""
-    if not out_dir.exists():
-        return False
-    if not out_dir.is_dir():
-        raise WorldExistsError(f"{out_dir}: exists and is not a folder; refusing to overwrite it")
-    if not any(out_dir.iterdir()):
-        return False
-    meta_path = out_dir / "world.json"
-    if not meta_path.is_file():
-        raise WorldExistsError(
-            f"{out_dir}: folder is not empty and holds no {kind} world (no world.json); "
-            "refusing to overwrite it: choose another folder or remove it"
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise WorldExistsError(f"{meta_path}: unreadable world.json ({exc}); refusing to overwrite") from exc
-    if meta.get("version") != version or meta.get("config") != config:
-        raise WorldExistsError(
-            f"{out_dir}: holds a different {kind} world (version {meta.get('version')!r}, config "
-            f"{meta.get('config')}); refusing to overwrite it with {config}"
-        )
-    listed = meta.get("files", []) if with_listed_files else []
-    missing = [p for p in [*required, *listed] if not (out_dir / p).is_file()]
-    if missing:
-        raise WorldExistsError(
-            f"{out_dir}: incomplete {kind} world (missing {', '.join(missing[:5])}); remove it"
-        )
-    return True
-
-
 def _existing_world(out_dir: Path, cfg: AttributeWorldConfig) -> bool:
     return existing_world(out_dir, "attribute", WORLD_VERSION, to_dict(cfg), _REQUIRED)
 
 
-def world_fingerprint(root: str | os.PathLike[str], files: list[str]) -> str:
-    """SHA-256 over ``relative path + file SHA-256`` of ``files`` (sorted), relative to ``root``."""
-    h = hashlib.sha256()
-    for rel in sorted(files):
-        h.update(rel.encode())
-        h.update(b"\0")
-        h.update(file_sha256(Path(root) / rel).encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
 def verify_attribute_world(root: str | os.PathLike[str]) -> str:
     """Recompute the content fingerprint of an exported world; raise ``ValueError`` if it does not match."""
-    root = Path(root)
-    meta = json.loads((root / "world.json").read_text(encoding="utf-8"))
-    got = world_fingerprint(root, meta["files"])
-    if got != meta["fingerprint"]:
-        raise ValueError(
-            f"{root}: content fingerprint {got} != recorded {meta['fingerprint']} (files were modified)"
-        )
-    return got
+    return verify_world(root)
 
 
 def export_attribute_world(out_dir: str | os.PathLike[str], cfg: AttributeWorldConfig | None = None) -> Path:
@@ -827,8 +731,3 @@ def _write_world(root: Path, world: AttributeWorld) -> None:
             "files": written,
         },
     )
-
-
-def load_world_meta(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``world.json`` of an exported world (config, class descriptions, counts, fingerprint)."""
-    return json.loads((Path(root) / "world.json").read_text(encoding="utf-8"))

@@ -39,7 +39,6 @@ import os
 from dataclasses import dataclass, replace
 from itertools import product
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +46,16 @@ from PIL import Image
 
 from unseen.config import to_dict
 from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, cache_root, short_hash
-from unseen.shapes.attribute_world import existing_world, world_fingerprint, write_folder_atomically
-from unseen.shapes.render import COLOURS, add_clutter, background, draw_object, finish_image, image_grid
+from unseen.shapes.common import existing_world, verify_world, world_fingerprint, write_folder_atomically
+from unseen.shapes.render import (
+    COLOURS,
+    add_clutter,
+    background,
+    draw_object,
+    finish_image,
+    image_grid,
+    jitter_colour,
+)
 
 WORLD_VERSION = "compositional-world/1"
 DATASET_NAME = "shapes-czsl"
@@ -455,12 +462,6 @@ def glove_text(vectors: dict[str, np.ndarray]) -> str:
 # Rendering
 
 
-def _jitter(rgb: Any, rng: np.random.Generator, amount: float) -> np.ndarray:
-    c = np.asarray(rgb, dtype=np.float32)
-    c = c * (1.0 + rng.normal(0.0, amount, 3)) + rng.normal(0.0, amount * 0.5)
-    return np.clip(c, 0.0, 1.0).astype(np.float32)
-
-
 def _draw_pair(
     canvas: np.ndarray,
     state: str,
@@ -483,7 +484,7 @@ def _draw_pair(
             centre,
             r,
             shape,
-            _jitter(base, rng, cfg.colour_jitter),
+            jitter_colour(base, rng, cfg.colour_jitter),
             drawn_state,
             rotation,
             rng,
@@ -496,7 +497,7 @@ def _draw_pair(
         centre,
         r,
         shape,
-        _jitter(COLOURS[drawn_state], rng, cfg.colour_jitter),
+        jitter_colour(drawn_state, rng, cfg.colour_jitter),
         "solid",
         rotation,
         rng,
@@ -753,18 +754,6 @@ def _write_world(root: Path, world: CompositionalWorld) -> None:
     )
 
 
-def load_world_meta(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``world.json`` of an exported compositional world."""
-    return json.loads((Path(root) / "world.json").read_text(encoding="utf-8"))
-
-
 def verify_compositional_world(root: str | os.PathLike[str]) -> str:
     """Recompute the content fingerprint of an exported world; raise ``ValueError`` if it does not match."""
-    root = Path(root)
-    meta = load_world_meta(root)
-    got = world_fingerprint(root, meta["files"])
-    if got != meta["fingerprint"]:
-        raise ValueError(
-            f"{root}: content fingerprint {got} != recorded {meta['fingerprint']} (files were modified)"
-        )
-    return got
+    return verify_world(root)

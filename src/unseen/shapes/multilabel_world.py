@@ -29,44 +29,46 @@ every seen category plus a ``taglist_unseen_fraction`` share of the unseen ones,
 with names relative to ``images/``, ``train_labels.npy`` (N_train x n_seen int8, name-list order),
 ``test_labels.npy`` (N_test x (n_seen + n_unseen) int8, ``[seen | unseen]``), ``ground_truth.npz`` (the clean labels
 of every image over all categories and the visible fractions), ``world.json`` (config, seed, categories, counts,
-split rule, content fingerprint) and ``README.md``. Names are mapped to h5 keys by
-:func:`unseen.multilabel.data.h5_name` (``train/000001.png`` -> ``train_000001.png``). The validation split is
-BiAM's: the last ``val_fraction`` of the training names.
+split rule, content fingerprint) and ``README.md``. The multi-label reader maps names to h5 keys
+(``train/000001.png`` -> ``train_000001.png``). The validation split is BiAM's: the last ``val_fraction`` of the
+training names. :func:`default_world_root` is the world's cache folder under ``$UNSEEN_CACHE``.
 
-:func:`prepare_multilabel_world` builds the world (cached under ``$UNSEEN_CACHE``), trains the demo's small CNN on
-the seen labels of the training images only and extracts ``nus_wide_train.h5`` / ``nus_wide_test.h5`` with it.
+This module only renders and exports data; the demo's feature extractor (a small CNN trained on the seen labels,
+and the BiAM h5 features extracted with it) is built by the multi-label setting's ``prepare_multilabel_world``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import pickle
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from unseen.config import build_dataclass, to_dict
-from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, safe_pickle_load
-from unseen.shapes.attribute_world import existing_world, world_fingerprint, write_folder_atomically
+from unseen.config import to_dict
+from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, cache_root, short_hash
+from unseen.shapes.common import (
+    existing_world,
+    verify_world,
+    word_vector,
+    world_fingerprint,
+    write_folder_atomically,
+)
 from unseen.shapes.render import (
-    COLOURS,
     add_clutter,
     background,
     draw_object,
     finish_image,
     image_grid,
+    jitter_colour,
     shape_polygon,
 )
-
-log = logging.getLogger("unseen")
 
 WORLD_VERSION = "multilabel-world/1"
 DATASET_NAME = "SHAPES-ML"
@@ -271,15 +273,9 @@ class MultilabelWorld:
         return len(self.seen) + len(self.unseen)
 
 
-def _word_vector(word: str, dim: int = WORD_DIM) -> np.ndarray:
-    """A fixed pseudo-random unit-variance-per-norm vector for a word (independent of every seed)."""
-    seed = int.from_bytes(hashlib.sha256(f"unseen-word:{word}".encode()).digest()[:8], "little")
-    return np.random.default_rng(seed).standard_normal(dim) / math.sqrt(dim)
-
-
 def word_embedding(word: str, kind: str, dim: int = WORD_DIM) -> np.ndarray:
     """A word's vector: its own direction plus a share of its kind's ("colour" or "shape"), like GloVe neighbours."""
-    return 0.8 * _word_vector(word, dim) + 0.6 * _word_vector(f"<kind:{kind}>", dim)
+    return 0.8 * word_vector(word, dim) + 0.6 * word_vector(f"<kind:{kind}>", dim)
 
 
 def category_vector(category: Category, semantic_noise: float, dim: int = WORD_DIM) -> np.ndarray:
@@ -287,7 +283,7 @@ def category_vector(category: Category, semantic_noise: float, dim: int = WORD_D
     v = (
         word_embedding(category.colour, "colour", dim)
         + word_embedding(category.shape, "shape", dim)
-        + semantic_noise * _word_vector(f"<phrase:{category.name}>", dim)
+        + semantic_noise * word_vector(f"<phrase:{category.name}>", dim)
     )
     h = hashlib.sha256(f"unseen-norm:{category.name}".encode()).digest()
     norm = 5.0 + 2.0 * int.from_bytes(h[:4], "little") / 2**32
@@ -393,12 +389,6 @@ def sample_scene(world: MultilabelWorld, rng: np.random.Generator) -> list[Scene
     return objs
 
 
-def _jitter_colour(name: str, rng: np.random.Generator, amount: float) -> np.ndarray:
-    c = np.asarray(COLOURS[name], dtype=np.float32)
-    c = c * (1.0 + rng.normal(0.0, amount, 3)) + rng.normal(0.0, amount * 0.5)
-    return np.clip(c, 0.0, 1.0).astype(np.float32)
-
-
 def _raster_area(poly: list[tuple[float, float]]) -> float:
     """Pixel area of the polygon rasterised as :func:`draw_object` does, ignoring the canvas border."""
     from PIL import ImageDraw
@@ -436,7 +426,7 @@ def render_scene(
             o.centre,
             o.radius,
             o.category.shape,
-            _jitter_colour(o.category.colour, rng, cfg.colour_jitter),
+            jitter_colour(o.category.colour, rng, cfg.colour_jitter),
             o.pattern,
             o.rotation,
             rng,
@@ -729,285 +719,13 @@ def _readme(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_world_meta(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``world.json`` of an exported world (config, seed, labels, counts, fingerprint)."""
-    return json.loads((Path(root) / "world.json").read_text(encoding="utf-8"))
-
-
 def verify_multilabel_world(root: str | os.PathLike[str]) -> str:
     """Recompute the content fingerprint of an exported world; raise ``ValueError`` if it does not match."""
-    root = Path(root)
-    meta = load_world_meta(root)
-    got = world_fingerprint(root, sorted(meta["files"] + list(_REQUIRED)))
-    if got != meta["fingerprint"]:
-        raise ValueError(
-            f"{root}: content fingerprint {got} != recorded {meta['fingerprint']} (files were modified)"
-        )
-    return got
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The demo: world + an extractor trained on seen labels only + BiAM h5 features, cached
-
-EXTRACTOR_VERSION = "seen-extractor/1"
-TRAIN_H5 = "nus_wide_train.h5"
-TEST_H5 = "nus_wide_test.h5"
-
-
-@dataclass
-class SeenExtractorConfig:
-    """The demo's feature extractor: the tiny CPU CNN (:class:`unseen.backbones.TinyBackbone`, C5 = a 7 x 7 grid at
-    112 px) trained on the seen tags of the *training* names only (the first ``1 - val_fraction`` of them: the
-    validation names are held out too), never on test images or unseen labels. Loss: masked binary cross-entropy
-    (0 = unknown ignored) on per-label scores = log-sum-exp pooling (sharpness ``lse_r``) of a 1x1-conv classifier over
-    the C5 regions. AdamW, cosine schedule, horizontal flips."""
-
-    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
-    epochs: int = 16
-    batch_size: int = 64
-    lr: float = 1e-2
-    weight_decay: float = 1e-4
-    lse_r: float = 8.0
-    seed: int = 0
-
-
-def _load_images(image_root: Path, names: list[str]) -> np.ndarray:
-    """N x H x W x 3 uint8 array of the named images."""
-    out = []
-    for n in names:
-        with Image.open(image_root / n) as im:
-            out.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-    return np.stack(out)
-
-
-def train_seen_extractor(
-    world_root: str | os.PathLike[str], ecfg: SeenExtractorConfig, out_path: str | os.PathLike[str]
-) -> dict[str, Any]:
-    """Train the demo CNN on the world's training names (seen tags only) and save its backbone weights (safetensors,
-    atomically, ``TinyBackbone`` key names) to ``out_path``. Returns a summary (losses per epoch, the classifier's
-    mAP on the held-out validation names' seen tags)."""
-    import torch
-    from torch.nn import functional as F
-
-    from unseen.backbones import IMAGENET_MEAN, IMAGENET_STD, TinyBackbone
-    from unseen.engine import progress
-    from unseen.io import save_safetensors
-    from unseen.multilabel.metrics import mean_average_precision
-
-    root = Path(world_root)
-    meta = load_world_meta(root)
-    cfg = build_dataclass(MultilabelWorldConfig, meta["config"], f"{root / 'world.json'}: config")
-    names = safe_pickle_load(root / TRAIN_NAMES_FILE)["img_names"]
-    labels = np.load(root / "train_labels.npy")
-    n_fit = int(round(len(names) * (1.0 - cfg.val_fraction)))
-    t0 = time.perf_counter()
-    images = torch.from_numpy(_load_images(root / IMAGE_DIR, names)).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(labels.astype(np.float32))
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-    def prep(idx: torch.Tensor) -> torch.Tensor:
-        return (images[idx].float() / 255.0 - mean) / std
-
-    torch.manual_seed(ecfg.seed)
-    backbone = TinyBackbone(ecfg.widths)
-    head = torch.nn.Conv2d(backbone.out_channels[-1], labels.shape[1], 1)
-    params = [*backbone.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=ecfg.lr, weight_decay=ecfg.weight_decay)
-    steps = ecfg.epochs * math.ceil(n_fit / ecfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=ecfg.lr, total_steps=max(steps, 1), pct_start=0.15
-    )
-    gen = torch.Generator().manual_seed(ecfg.seed)
-
-    def scores(x: torch.Tensor) -> torch.Tensor:
-        z = head(backbone(x)[-1]).flatten(2)  # B x L x regions
-        r = ecfg.lse_r
-        return (torch.logsumexp(r * z, dim=2) - math.log(z.shape[2])) / r
-
-    history = []
-    for epoch in progress(range(ecfg.epochs), desc="training the demo extractor (seen labels)"):
-        backbone.train()
-        head.train()
-        perm = torch.randperm(n_fit, generator=gen)
-        total, count = 0.0, 0
-        for b in range(0, n_fit, ecfg.batch_size):
-            idx = perm[b : b + ecfg.batch_size]
-            x = prep(idx)
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x[flip] = x[flip].flip(3)
-            t = y[idx]
-            mask = (t != 0).float()
-            loss = (
-                F.binary_cross_entropy_with_logits(scores(x), (t + 1) / 2, reduction="none") * mask
-            ).sum() / mask.sum().clamp_min(1.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        history.append({"epoch": epoch + 1, "loss": total / max(count, 1)})
-    backbone.eval()
-    head.eval()
-    val_map = None
-    if n_fit < len(names):
-        with torch.no_grad():
-            idx = torch.arange(n_fit, len(names))
-            s = torch.cat([scores(prep(idx[i : i + 256])) for i in range(0, len(idx), 256)]).numpy()
-        val_map = float(mean_average_precision(s, labels[n_fit:])["mAP"])
-    spec = json.dumps({"version": EXTRACTOR_VERSION, **asdict(ecfg)}, sort_keys=True)
-    save_safetensors(out_path, backbone.state_dict(), metadata={"spec": spec, "world": meta["fingerprint"]})
-    return {
-        "spec": json.loads(spec),
-        "world_fingerprint": meta["fingerprint"],
-        "fit_images": n_fit,
-        "history": history,
-        "val_seen_mAP": val_map,
-        "seconds": time.perf_counter() - t0,
-    }
+    return verify_world(root, _REQUIRED)
 
 
 def default_world_root(cfg: MultilabelWorldConfig | None = None) -> Path:
     """``$UNSEEN_CACHE/shapes-multilabel-<hash of the version and config>``."""
-    from unseen.io import cache_root, short_hash
-
     cfg = cfg or MultilabelWorldConfig()
     key = json.dumps({"version": WORLD_VERSION, **to_dict(cfg)}, sort_keys=True)
     return cache_root() / f"shapes-multilabel-{short_hash(key)}"
-
-
-def _weights_spec(path: Path) -> tuple[str | None, str | None]:
-    """(spec, world fingerprint) recorded in a saved extractor, or (None, None) if there is no readable file."""
-    if not path.is_file():
-        return None, None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            md = f.metadata() or {}
-        return md.get("spec"), md.get("world")
-    except Exception:
-        return None, None
-
-
-def _h5_is_current(h5: Path, weights: Path, names: list[str], image_size: int) -> tuple[bool, str]:
-    from unseen.features import list_hash
-    from unseen.io import file_sha256
-    from unseen.multilabel.extract import sidecar_path
-
-    side = sidecar_path(h5)
-    if not (h5.is_file() and side.is_file()):
-        return False, "missing"
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except ValueError:
-        return False, "unreadable sidecar"
-    expected = {
-        "backbone": "tiny",
-        "resolution": image_size,
-        "image_list_sha256": list_hash(names),
-        "weights_file_sha256": file_sha256(weights),
-    }
-    diff = [k for k, v in expected.items() if meta.get(k) != v]
-    return (not diff), ("stale: " + ", ".join(diff)) if diff else "current"
-
-
-def prepare_multilabel_world(
-    cfg: MultilabelWorldConfig | None = None,
-    root: str | os.PathLike[str] | None = None,
-    extractor: SeenExtractorConfig | None = None,
-    *,
-    batch_size: int = 128,
-) -> dict[str, Any]:
-    """Build whatever is missing of the demo benchmark and return its paths; reuse what is current.
-
-    1. the world (:func:`export_multilabel_world`) at ``root`` (default :func:`default_world_root`);
-    2. ``features-<hash>/extractor.safetensors``: the tiny CNN trained on seen labels (:func:`train_seen_extractor`),
-       keyed by the extractor config and the world's fingerprint;
-    3. ``features-<hash>/nus_wide_train.h5`` (seen tags) and ``nus_wide_test.h5`` (``labels`` = [seen | unseen],
-       ``labels_81`` = unseen) with their provenance sidecars, through
-       :func:`unseen.multilabel.extract.extract_h5`; a feature file whose sidecar does not match the current
-       weights, image list or resolution is rebuilt.
-
-    Returns ``root``, ``image_root``, ``tags``, ``concepts``, ``glove``, ``train_names``, ``test_names``,
-    ``train_h5``, ``test_h5``, ``train_sidecar``, ``test_sidecar``, ``extractor_weights``, ``world_json`` (Paths),
-    ``world`` (world.json minus the file list), ``extractor`` (the training summary) and ``timings`` (seconds per
-    stage; 0 when cached).
-    """
-    from unseen.io import short_hash, single_process_cache
-    from unseen.multilabel.extract import build_extractor, extract_h5, sidecar_path
-
-    cfg = cfg or MultilabelWorldConfig()
-    ecfg = extractor or SeenExtractorConfig()
-    root = Path(root) if root else default_world_root(cfg)
-    timings = {"world": 0.0, "extractor": 0.0, "features": 0.0}
-    single_process_cache(root / "world.json", root.parent, "render the multi-label world")
-    t = time.perf_counter()
-    fresh = not (root / "world.json").is_file()
-    if fresh:
-        log.info("rendering the multi-label world (%d + %d images) into %s", cfg.n_train, cfg.n_test, root)
-    export_multilabel_world(root, cfg)
-    if fresh:
-        timings["world"] = time.perf_counter() - t
-    meta = load_world_meta(root)
-    spec = json.dumps({"version": EXTRACTOR_VERSION, **asdict(ecfg)}, sort_keys=True)
-    fdir = root / f"features-{short_hash(spec + meta['fingerprint'])}"
-    weights = fdir / "extractor.safetensors"
-    summary_path = fdir / "extractor.json"
-    found_spec, found_world = _weights_spec(weights)
-    if found_spec != spec or found_world != meta["fingerprint"] or not summary_path.is_file():
-        single_process_cache(summary_path, root.parent, "train the demo feature extractor")
-        log.info("training the demo feature extractor on the seen labels of %d training images", cfg.n_train)
-        t = time.perf_counter()
-        summary = train_seen_extractor(root, ecfg, weights)
-        atomic_write_json(summary_path, summary)
-        timings["extractor"] = time.perf_counter() - t
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    ns = meta["counts"]["seen"]
-    train_names = safe_pickle_load(root / TRAIN_NAMES_FILE)["img_names"]
-    test_names = safe_pickle_load(root / TEST_NAMES_FILE)
-    train_labels = np.load(root / "train_labels.npy")
-    test_labels = np.load(root / "test_labels.npy")
-    ext = None
-    t = time.perf_counter()
-    for h5, names, items in (
-        (fdir / TRAIN_H5, train_names, lambda: [(n, train_labels[i]) for i, n in enumerate(train_names)]),
-        (
-            fdir / TEST_H5,
-            test_names,
-            lambda: [
-                (n, {"labels": test_labels[i], "labels_81": test_labels[i, ns:]})
-                for i, n in enumerate(test_names)
-            ],
-        ),
-    ):
-        ok, why = _h5_is_current(h5, weights, names, cfg.image_size)
-        if ok:
-            continue
-        if why != "missing":
-            log.info("%s: %s; extracting again", h5, why)
-        single_process_cache(sidecar_path(h5), root.parent, "extract the demo features")
-        ext = ext or build_extractor("tiny", weights, cfg.image_size, tiny_widths=ecfg.widths)
-        extract_h5(root / IMAGE_DIR, items(), h5, extractor=ext, batch_size=batch_size, overwrite=True)
-    if ext is not None:
-        timings["features"] = time.perf_counter() - t
-    info = {k: v for k, v in meta.items() if k != "files"}
-    return {
-        "root": root,
-        "image_root": root / IMAGE_DIR,
-        "tags": root / TAGS_FILE,
-        "concepts": root / CONCEPTS_FILE,
-        "glove": root / GLOVE_FILE,
-        "train_names": root / TRAIN_NAMES_FILE,
-        "test_names": root / TEST_NAMES_FILE,
-        "train_h5": fdir / TRAIN_H5,
-        "test_h5": fdir / TEST_H5,
-        "train_sidecar": sidecar_path(fdir / TRAIN_H5),
-        "test_sidecar": sidecar_path(fdir / TEST_H5),
-        "extractor_weights": weights,
-        "world_json": root / "world.json",
-        "world": info,
-        "extractor": summary,
-        "timings": timings,
-    }

@@ -6,10 +6,11 @@ supersampled resolution that :func:`finish_image` reduces to the final size. Coo
 
 - :func:`shape_polygon` turns a shape name into polygon vertices (``size`` = circumradius in pixels).
 - :func:`draw_object` fills one shape with a colour and a pattern (solid, stripes, dots, checker, ...).
+- :func:`jitter_colour` varies a colour from image to image.
 - :func:`background`, :func:`add_clutter`, :func:`finish_image` make the scene around the objects.
 
-Nothing here knows about attributes or classes; the worlds (``attribute_world.py``, later the multi-label and
-compositional worlds) decide what to draw.
+Nothing here knows about attributes or classes; the worlds (``attribute_world.py``, ``multilabel_world.py``,
+``compositional_world.py``) decide what to draw.
 """
 
 from __future__ import annotations
@@ -146,6 +147,14 @@ def secondary_colour(rgb: Sequence[float]) -> np.ndarray:
     c = np.asarray(rgb, dtype=np.float32)
     lum = float(0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2])
     return c * 0.35 if lum > 0.4 else c + (1.0 - c) * 0.6
+
+
+def jitter_colour(colour: str | Sequence[float], rng: np.random.Generator, amount: float) -> np.ndarray:
+    """A float32 RGB in [0, 1]: ``colour`` (a :data:`COLOURS` name or an RGB triple) with a per-channel relative
+    and a shared absolute Gaussian jitter (standard deviations ``amount`` and ``amount / 2``)."""
+    c = np.asarray(COLOURS[colour] if isinstance(colour, str) else colour, dtype=np.float32)
+    c = c * (1.0 + rng.normal(0.0, amount, 3)) + rng.normal(0.0, amount * 0.5)
+    return np.clip(c, 0.0, 1.0).astype(np.float32)
 
 
 def pattern_texture(
