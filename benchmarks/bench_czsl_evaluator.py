@@ -8,8 +8,8 @@ fp16 logits: a coarse grid with many exact ties).
 
 (a) Closed world: eval mask = train + test pairs (6,515 columns). Three evaluators, interleaved, median of
     ``--repeats``:
-    * **reference**: the algorithm of czsl ``models/common.py`` as copied by CSP, written plainly from the spec
-      (spec section 5): per bias clone the float32 N x P matrix, add the bias to the unseen columns through a
+    * **reference**: the algorithm of czsl ``models/common.py`` as copied by CSP, written plainly:
+      per bias clone the float32 N x P matrix, add the bias to the unseen columns through a
       repeated N x P boolean mask, clone, fill the non-candidate columns with -1e10 through another repeated mask,
       ``argmax`` (first index); candidate biases, subsampling, trapezoid AUC, 0-guarded HM, CSP attr/obj accuracy;
     * **dense, vectorised**: the same predictions done well: one masked copy of the matrix, then per bias one
@@ -101,7 +101,7 @@ def logits(
 def reference_evaluate(
     S: torch.Tensor, pairs: np.ndarray, seen_mask: np.ndarray, eval_mask: np.ndarray, gt_pair: np.ndarray
 ) -> dict:
-    """The reference algorithm (spec section 5), dense, float32, argmax recomputed per bias."""
+    """The reference algorithm (czsl models/common.py), dense, float32, argmax recomputed per bias."""
     n = S.shape[0]
     pairs_t = torch.from_numpy(pairs)
     seen = torch.from_numpy(seen_mask)
@@ -329,7 +329,7 @@ def open_world(args: argparse.Namespace) -> dict:
     seen[pos_cw[prob["seen"]]] = True
     y = pos_cw[prob["y"]]
     rng = np.random.default_rng(args.seed + 2)
-    f = rng.uniform(-0.135, 0.779, p_ow)  # C-GQA feasibility range (spec 7)
+    f = rng.uniform(-0.135, 0.779, p_ow)  # C-GQA feasibility range (CompCos scores)
     f[pos_cw[~prob["seen"]]] = rng.uniform(
         0.2, 0.779, int((~prob["seen"]).sum())
     )  # real unseen pairs: plausible

@@ -1,7 +1,7 @@
-"""Streaming CZSL evaluator vs a dense re-implementation of the reference algorithm (design spec
-compositional-zsl.md sections 5-7).
+"""Streaming CZSL evaluator vs a dense re-implementation of the reference algorithm (czsl ``models/common.py``, as
+CSP and Troika use it).
 
-The oracle below is written from the spec: a dense float32 torch matrix; at every bias clone the scores, add the
+The oracle below follows that algorithm: a dense float32 torch matrix; at every bias clone the scores, add the
 bias to the unseen columns through a repeated N x P boolean mask, set the columns outside the eval mask to -1e10,
 take ``argmax`` (first maximal column; never ``topk``, whose tie order is unspecified on small rows), compare with
 the GT attr/obj; candidate biases from the unbiased max seen score minus the GT score minus 1e-4, sorted,

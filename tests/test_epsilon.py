@@ -1,4 +1,4 @@
-"""Epsilon-R, the multi-label baselines and the ranking losses (spec multilabel-zsl.md §3-§5)."""
+"""Epsilon-R, the multi-label baselines and the ranking losses (as specified in their module docstrings)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mg-MRN (spec §2), the single-level attention baseline and ESZSL."""
+"""Mg-MRN, the single-level attention baseline and ESZSL."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def resnet101():
 
 
 def test_shapes_parts_resnet101_448(resnet101):
-    """Spec §2.9 walk-through, level by level, with the default (`parts`) configuration."""
+    """Shape walk-through, level by level, with the default (`parts`) configuration."""
     torch.manual_seed(0)
     model = MgMRN(MgMRNConfig(), torch.randn(A_CUB, 300), backbone=resnet101).eval()
     assert model.n_down == {1: 2, 2: 1, 3: 0}

@@ -1,5 +1,5 @@
 """Multi-label ZSL readers: real NUS-WIDE / Open Images label files (skip when ../shared/data is absent) and
-synthetic BiAM-layout h5 files (spec multilabel-zsl.md §0, §6)."""
+synthetic BiAM-layout h5 files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The xlsa17 reader (spec attribute-zsl.md §1, ``unseen.attribute.data``).
+"""The xlsa17 reader (``unseen.attribute.data``).
 
 * real files from ../shared/data (the ``shared_data`` fixture): att_splits.mat of all five datasets, the image
   lists of CUB / SUN / AWA2 and the attribute word vectors (counts, class orders, validation splits);

@@ -189,7 +189,7 @@ class Task:
     def save_model(self, fitted: Fitted) -> None:
         save_safetensors(self.run_dir / self.weights_file, fitted.model.state_dict())
 
-    def load_weights(self, model: nn.Module, path: Path) -> None:
+    def restore_weights(self, model: nn.Module, path: Path) -> None:
         model.load_state_dict(load_safetensors(path))
 
     # ------------------------------------------------------------------------------------- the protocol
@@ -253,7 +253,7 @@ class Task:
         result = self.fit_phase(
             "train", model, self.train_set(), self.loss_fn(), self.evaluate, self.cfg.train.epochs
         )
-        self.load_weights(model, self.run_dir / "train" / "best.safetensors")
+        self.restore_weights(model, self.run_dir / "train" / "best.safetensors")
         return Fitted(
             model,
             {

@@ -184,7 +184,7 @@ class CompositionalTask(Task):
     def selection_rule(self) -> str:
         return "epoch with the best closed-world validation AUC (candidates: train + val pairs)"
 
-    def load_weights(self, model: nn.Module, path: Path) -> None:
+    def restore_weights(self, model: nn.Module, path: Path) -> None:
         # trainable weights only: the frozen CLIP is not in the file, it comes from model.clip_weights
         model.load_state_dict(load_safetensors(path), strict=False)
 

@@ -165,7 +165,7 @@ def _subset(ds: Dataset, rows: np.ndarray) -> Dataset:
 
 @dataclass
 class NusWideConfig:
-    """A user's NUS-WIDE copy in the BiAM layout (spec §6.1)."""
+    """A user's NUS-WIDE copy in the BiAM layout (TagList1k / Concepts81, GloVe, BiAM h5 features)."""
 
     name: str = "nus_wide"
     root: str = ""  # TagList1k.txt, Concepts81.txt (+ the GloVe file and the h5 files by default)
@@ -186,7 +186,7 @@ class NusWideConfig:
 
 @dataclass
 class OpenImagesConfig:
-    """A user's Open Images V4 copy (spec §6.2): label files + BiAM-layout h5 features + word vectors."""
+    """A user's Open Images V4 copy: label files + BiAM-layout h5 features + word vectors."""
 
     name: str = "open_images"
     root: str = ""  # classes-trainable.txt, unseen_labels.pkl, top_400_unseen.csv, class-descriptions.csv

@@ -13,7 +13,7 @@ The used pairs are split like czsl's natural split: train pairs (seen), val pair
 (seen + unseen); val and test unseen pairs are disjoint, and every unseen pair's state and object occur in at
 least ``min_train_pairs_per_primitive`` train pairs.
 
-:func:`export_compositional_world` writes exactly the czsl layout (spec compositional-zsl.md §4)::
+:func:`export_compositional_world` writes exactly the czsl layout::
 
     <out_dir>/
       images/<state>_<object>/<nnnn>.png                       64 px RGB renders
