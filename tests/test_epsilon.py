@@ -158,6 +158,7 @@ def test_biam_image_score_is_mean_of_top_k_region_scores() -> None:
         BiAM(BiAMConfig(), 32, 15, 12)
 
 
+@pytest.mark.slow  # a learning test (trains each model)
 @pytest.mark.parametrize("i", range(3))
 def test_models_learn_a_separable_toy_task(i: int) -> None:
     """Labels = which of 6 prototype directions are planted among the tokens: the ranking loss must drop clearly

@@ -25,6 +25,7 @@ def resnet101():
     return build_backbone("resnet101").eval()
 
 
+@pytest.mark.slow  # paper-size ResNet-101 at 448 px
 def test_shapes_parts_resnet101_448(resnet101):
     """Shape walk-through, level by level, with the default (`parts`) configuration."""
     torch.manual_seed(0)
@@ -61,6 +62,7 @@ def test_shapes_parts_resnet101_448(resnet101):
     torch.testing.assert_close(out["attention"][0].sum(-1), torch.ones(1, A_CUB))
 
 
+@pytest.mark.slow  # paper-size ResNet-101 at 448 px
 def test_shapes_collapsed_resnet101_448(resnet101):
     """`collapsed` (release): no part tokens, centres on C_in. Narrow levels keep the test fast (token counts
     do not depend on the width)."""

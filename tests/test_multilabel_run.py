@@ -115,6 +115,7 @@ def test_run_end_to_end_and_eval_reproduces(nus_root: Path, tmp_path: Path, mode
     assert "chance" in res and res["chance"]["zsl/mAP"] < 0.6
 
 
+@pytest.mark.slow  # a learning test
 def test_epsilon_learns_the_planted_world(nus_root: Path, tmp_path: Path) -> None:
     """Trained on seen labels only, Epsilon-R ranks labels well above random scores (GZSL); the toy's unseen label
     vectors are random, so zero-shot transfer here is weak by construction (the demo world tests transfer)."""

@@ -267,6 +267,7 @@ def test_pretraining_data_is_train_pairs_only(world_dir, tmp_path):
         load_pretrain_data(bad)
 
 
+@pytest.mark.slow  # a learning test (140 CLIP steps)
 def test_pretraining_lowers_the_loss(world_dir):
     data = load_pretrain_data(world_dir)
     cfg = replace(TINY_PRETRAIN, steps=140)  # from random init the loss first sits on a plateau for ~80 steps
