@@ -318,24 +318,24 @@ class AttributeTask(Task):
         feats = self.pooled_features()
         A = d.class_attributes
         split = self.validation_split()
-        best: tuple[float, dict[str, Any] | None] = (-1.0, None)
+        best_h, params, chosen = -1.0, {}, {}
         if split is not None:
             val_idx = np.concatenate([split.val_seen, split.val_unseen])
             lut = _index_map(split.seen_classes, d.n_classes).numpy()
-            for params in method.candidates(cfg.model):
-                model = method(cfg.model, **params).fit(
+            for cand in method.candidates(cfg.model):
+                model = method(cfg.model, **cand).fit(
                     feats[split.train], lut[d.labels[split.train]], A[split.seen_classes]
                 )
                 scores = model.scores(feats[val_idx], A)
                 g, res = self.gamma_on(scores, d.labels[val_idx], split.seen_classes, split.unseen_classes)
-                if res.H > best[0]:
-                    best = (res.H, {**params, "gamma": g, "val_H": res.H, "val_S": res.S, "val_U": res.U})
-        params = {k: v for k, v in (best[1] or {}).items() if k not in ("gamma", "val_H", "val_S", "val_U")}
+                if res.H > best_h:
+                    best_h, params = res.H, cand
+                    chosen = {**cand, "gamma": g, "val_H": res.H, "val_S": res.S, "val_U": res.U}
         lut = _index_map(d.seen_classes, d.n_classes).numpy()
         model = method(cfg.model, **params).fit(
             feats[d.trainval_loc], lut[d.labels[d.trainval_loc]], A[d.seen_classes]
         )
-        selection = best[1] or model.params()
+        selection = chosen or model.params()
         return Fitted(model, self._selection(selection), test_scores=model.scores(feats[self.test_idx], A))
 
     def pooled_features(self) -> np.ndarray:
