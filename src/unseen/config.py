@@ -283,6 +283,15 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def build_run_config(tree: dict[str, Any], where: str = "config") -> RunConfig:
     """Validate a config tree. ``model`` and ``data`` are checked against their registered schemas, the other
     sections against the setting's task (a section the setting does not read is an error, not ignored)."""
+    try:
+        return _build_run_config(tree, where)
+    except ConfigError as exc:  # range/choice checks name the key; say which file it is in too
+        if str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _build_run_config(tree: dict[str, Any], where: str) -> RunConfig:
     from unseen.registry import get_dataset_entry, get_model_entry, get_task
 
     tree = copy.deepcopy(tree)

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from unseen.config import RunConfig, config_hash, dump_yaml, load_run_config, to_dict
 from unseen.engine import Engine, EvalFn, FitResult, LossFn, resolve_device
 from unseen.io import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors, versions
-from unseen.registry import Entry, get_dataset_entry, get_model_entry
+from unseen.registry import Entry, get_dataset_entry, get_model_entry, get_task
 
 log = logging.getLogger("unseen")
 
@@ -333,7 +333,5 @@ class Task:
 
 def open_run(run_dir: Path, resume: bool = False) -> Task:
     """The task of a run folder, built from its saved config."""
-    from unseen.registry import get_task
-
     cfg = load_run_config(run_dir)
     return get_task(cfg.setting)(cfg, run_dir, resume=resume)

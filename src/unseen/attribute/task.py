@@ -225,12 +225,12 @@ class AttributeTask(Task):
         )
 
     @torch.no_grad()
-    def scores(self, model: nn.Module, idx: np.ndarray, desc: str) -> np.ndarray:
-        """N x C scores (all classes, global order) of the images ``idx``."""
+    def scores(self, model: nn.Module, dataset: Dataset, desc: str) -> np.ndarray:
+        """N x C scores (all classes, global order) of the images of ``dataset``."""
         model.eval()
         attrs = self.class_attributes.to(self.device)
         out = []
-        loader = DataLoader(self.dataset(idx, train=False), batch_size=self.cfg.eval.batch_size)
+        loader = DataLoader(dataset, batch_size=self.cfg.eval.batch_size)
         for images, _ in progress(loader, desc=desc):
             out.append(model(images.to(self.device), attrs)["scores"].float().cpu())
         return torch.cat(out).numpy().astype(np.float64)
@@ -261,10 +261,11 @@ class AttributeTask(Task):
         if split is not None:
             val_idx = np.concatenate([split.val_seen, split.val_unseen])
             val_labels = self.data.labels[val_idx]
+            val_set = self.dataset(val_idx, train=False)  # built once: with cached maps it copies them
 
             def evaluate(model: nn.Module, epoch: int) -> dict[str, Any]:
                 g, res = self.gamma_on(
-                    self.scores(model, val_idx, "validating"),
+                    self.scores(model, val_set, "validating"),
                     val_labels,
                     split.seen_classes,
                     split.unseen_classes,
@@ -380,7 +381,7 @@ class AttributeTask(Task):
         d, e = self.data, self.cfg.eval
         scores = fitted.test_scores
         if scores is None:
-            scores = self.scores(fitted.model, self.test_idx, "testing")
+            scores = self.scores(fitted.model, self.dataset(self.test_idx, train=False), "testing")
         labels = d.labels[self.test_idx]
         gamma = fitted.selection["gamma_used"]
         metrics = evaluate_attribute(
