@@ -403,26 +403,15 @@ def test_embedded_world_typos_are_refused_before_any_work(tmp_path, monkeypatch,
     assert not written, f"work done before the config error: {written[:5]}"
 
 
-def test_cli_config_error_is_one_line_and_exit_2(tmp_path):
+def test_cli_config_error_is_one_line_and_exit_2(tmp_path, capsys):
+    # in-process (tests/test_attribute_run.py runs the CLI in a real process once for "no traceback escapes")
     out = tmp_path / "runs"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "unseen",
-            "train",
-            "attribute/demo_mgmrn",
-            "eval.gamma=foo",
-            f"output_dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert p.returncode == 2, p.stderr
-    assert "Traceback" not in p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "eval.gamma" in lines[0] and "foo" in lines[0], p.stderr
+    rc = main(["train", "attribute/demo_mgmrn", "eval.gamma=foo", f"output_dir={out}"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "eval.gamma" in lines[0] and "foo" in lines[0], err
     assert not out.exists()
 
 
