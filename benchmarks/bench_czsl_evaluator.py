@@ -24,10 +24,22 @@ fp16 logits: a coarse grid with many exact ties).
     memory the evaluator adds on top of the current score block (tracemalloc; numpy allocations are traced, the
     small ``torch.topk`` outputs are not) and the process peak RSS.
 
+(c) Merged near-ties (issue 12): the closed-world scores of (a) with, in ``--tie-frac`` of the rows, a cluster of
+    ``--tie-m`` unseen candidates rewritten to distinct float32 scores within 0.45 ulp of ``fl(c + 1e3)`` below the
+    row's best unseen score ``c`` (adding the 1e3 bias collapses them onto one value), the lower columns carrying
+    the lower scores (the reference's first-index winner is then outside the stored top 4); half the time the
+    cluster contains the unseen GT column. Timed: the reference (one run: it is the slow part), the exact
+    evaluator with resolution (``evaluate_scores``), the same state without resolution (``StreamingEvaluator``
+    + ``result()``: the numbers the evaluator used to report) and fast mode (flags only); median of ``--repeats``.
+
+``--baseline PATH``: another copy of ``unseen/compositional/metrics.py`` (e.g. the version before a change) is
+loaded and its ``evaluate_scores`` timed in the same interleaved loop in (a) and (c): speed ratios side by side in
+one process, and whether its numbers are identical.
+
 Peak memory in (a): ``VmHWM`` after resetting it (``/proc/self/clear_refs``) minus the resident set before the
 call, after ``malloc_trim``; it counts torch and numpy allocations.
 
-    python benchmarks/bench_czsl_evaluator.py                     # full size, ~3 minutes on 2 cores
+    python benchmarks/bench_czsl_evaluator.py                     # full size, ~5 minutes on 2 cores
     python benchmarks/bench_czsl_evaluator.py --n 1000 --ow-cols 40000 --repeats 2   # quick
 """
 
@@ -35,11 +47,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import platform
 import re
 import resource
 import statistics
+import sys
 import time
 import tracemalloc
 
@@ -241,6 +255,41 @@ def streaming_summary(res) -> dict:
     }
 
 
+def merge_near_ties(S: np.ndarray, prob: dict, frac: float, m: int, seed: int) -> tuple[np.ndarray, int]:
+    """A copy of ``S`` with merged near-ties in ``frac`` of the rows (part (c) of the module docstring); also the
+    number of rows whose cluster holds the GT column."""
+    rng = np.random.default_rng(seed)
+    S = S.copy()
+    n = S.shape[0]
+    un = np.flatnonzero(prob["eval"] & ~prob["seen"])
+    y, seen = prob["y"], prob["seen"]
+    n_gt = 0
+    for i in rng.choice(n, int(round(frac * n)), replace=False):
+        cl = rng.choice(un, m, replace=False)
+        if not seen[y[i]] and y[i] not in cl and rng.random() < 0.5:
+            cl[0] = y[i]
+        cl = np.sort(cl)
+        n_gt += int(y[i] in cl)
+        c = S[i, un].max()
+        # c + 1e3 is exact (c is on the fp16 grid): every score within half an ulp below c rounds onto it
+        w = 0.45 * np.spacing(c + np.float32(1e3))
+        steps = np.sort(rng.choice(int(w / np.spacing(c)), m, replace=False))[::-1]
+        S[i, cl] = c - steps.astype(np.float32) * np.spacing(c)  # ascending with the column index
+    return S, n_gt
+
+
+def load_baseline(path: str | None):
+    """Another copy of the metrics module, loaded under its own name (for side-by-side timing)."""
+    if path is None:
+        return None
+    spec = importlib.util.spec_from_file_location("czsl_metrics_baseline", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look the module up while the class is created
+    spec.loader.exec_module(mod)
+    return mod
+
+
 # --------------------------------------------------------------------------------------------- memory
 
 
@@ -274,6 +323,11 @@ def closed_world(args: argparse.Namespace) -> dict:
         "dense_vectorised": lambda: dense_vectorised(S, *common),
         "streaming": lambda: streaming_summary(evaluate_scores(S, *common, chunk_cols=args.chunk_cols)),
     }
+    base = load_baseline(args.baseline)
+    if base is not None:
+        runs["streaming_baseline"] = lambda: streaming_summary(
+            base.evaluate_scores(S, *common, chunk_cols=args.chunk_cols)
+        )
     times: dict[str, list[float]] = {k: [] for k in runs}
     out: dict[str, dict] = {}
     for _ in range(args.repeats):  # interleaved
@@ -288,6 +342,12 @@ def closed_world(args: argparse.Namespace) -> dict:
     top = masked.max(1, keepdims=True)
     tied_rows = int(((masked == top).sum(1) > 1).sum())
     med = {k: statistics.median(v) for k, v in times.items()}
+    extra = {}
+    if base is not None:
+        extra = {
+            "time_ratio_vs_baseline": round(med["streaming"] / med["streaming_baseline"], 3),
+            "identical_baseline": out["streaming"] == out["streaming_baseline"],
+        }
     return {
         "N": n,
         "P": p,
@@ -303,12 +363,68 @@ def closed_world(args: argparse.Namespace) -> dict:
         "score_matrix_MB": round(S.nbytes / 2**20, 1),
         "identical_reference": out["streaming"] == out["reference"],
         "identical_dense_vectorised": out["streaming"] == out["dense_vectorised"],
+        **extra,
         "n_ambiguous": full.n_ambiguous,
+        "n_resolved": full.n_resolved,
         "result_x100": {
             k: round(100 * getattr(full, k), 2)
             for k in ("auc", "best_hm", "best_seen", "best_unseen", "attr_acc", "obj_acc")
         },
         "n_points": len(full.biases),
+    }
+
+
+def near_ties(args: argparse.Namespace) -> dict:
+    prob = make_problem(args.n, args.seen_frac, args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    n, p = args.n, prob["pairs"].shape[0]
+    S0 = logits(rng, n, np.arange(p), prob["seen"], prob["y"], prob["seen"][prob["y"]])
+    S, n_gt = merge_near_ties(S0, prob, args.tie_frac, args.tie_m, args.seed + 7)
+    del S0
+    common = (prob["pairs"], prob["seen"], prob["eval"], prob["y"])
+    t0 = time.perf_counter()
+    ref = reference_evaluate(torch.from_numpy(S), *common)
+    t_ref = time.perf_counter() - t0
+
+    def unresolved():
+        ev = StreamingEvaluator(*common)
+        for a in range(0, p, args.chunk_cols):
+            ev.update(S[:, a : a + args.chunk_cols], cols=slice(a, a + args.chunk_cols))
+        return ev.result()
+
+    runs = {
+        "exact_resolved": lambda: evaluate_scores(S, *common, chunk_cols=args.chunk_cols),
+        "exact_unresolved": unresolved,
+        "fast_flags_only": lambda: evaluate_scores(S, *common, exact=False, chunk_cols=args.chunk_cols),
+    }
+    base = load_baseline(args.baseline)
+    if base is not None:
+        runs["baseline_exact"] = lambda: base.evaluate_scores(S, *common, chunk_cols=args.chunk_cols)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    out = {}
+    for _ in range(args.repeats):
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            out[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "N": n,
+        "P": p,
+        "rows_with_merged_cluster": int(round(args.tie_frac * n)),
+        "cluster_size": args.tie_m,
+        "clusters_holding_the_gt": n_gt,
+        "reference_s": round(t_ref, 3),
+        "median_s": {k: round(v, 4) for k, v in med.items()},
+        "speedup_vs_reference": round(t_ref / med["exact_resolved"], 1),
+        "resolution_overhead": round(med["exact_resolved"] / med["exact_unresolved"], 3),
+        "identical_reference": {k: streaming_summary(r) == ref for k, r in out.items()},
+        "n_ambiguous": {k: r.n_ambiguous for k, r in out.items()},
+        "n_resolved": {k: r.n_resolved for k, r in out.items() if hasattr(r, "n_resolved")},
+        "auc_x100": {"reference": round(100 * ref["auc"], 4)}
+        | {k: round(100 * r.auc, 4) for k, r in out.items()},
+        "best_unseen_x100": {"reference": round(100 * ref["best_unseen"], 3)}
+        | {k: round(100 * r.best_unseen, 3) for k, r in out.items()},
     }
 
 
@@ -424,8 +540,12 @@ def main() -> None:
     ap.add_argument("--chunk-cols", type=int, default=8192)
     ap.add_argument("--ow-cols", type=int, default=None, help="OW columns (default all 278,362)")
     ap.add_argument("--ow-threshold", type=float, default=0.3, help="feasibility threshold of run (b1)")
+    ap.add_argument("--tie-frac", type=float, default=0.2, help="(c): fraction of rows with a merged cluster")
+    ap.add_argument("--tie-m", type=int, default=8, help="(c): unseen scores per merged cluster")
+    ap.add_argument("--baseline", default=None, help="another metrics.py to time side by side in (a) and (c)")
     ap.add_argument("--skip-ow", action="store_true")
     ap.add_argument("--skip-cw", action="store_true")
+    ap.add_argument("--skip-ties", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     info = {
@@ -438,6 +558,8 @@ def main() -> None:
     print(json.dumps({"env": info}), flush=True)
     if not args.skip_cw:
         print(json.dumps({"closed_world": closed_world(args)}, indent=1), flush=True)
+    if not args.skip_ties:
+        print(json.dumps({"near_ties": near_ties(args)}, indent=1), flush=True)
     if not args.skip_ow:
         print(json.dumps({"open_world": open_world(args)}, indent=1), flush=True)
 

@@ -28,6 +28,21 @@ inputs that are not float32/float64 + int8, the converted copies.
 
     python benchmarks/bench_multilabel_metrics.py --n 20000 --c 2000 --unseen 400 --annotated-seen 1200
     python benchmarks/bench_multilabel_metrics.py          # full size: ~4.8 GB for scores + labels, ~5 min
+
+``--case nus``: dense multi-label AP at NUS-WIDE size (107,859 test images x [925 seen | 81 unseen] labels, every
+entry labelled +-1; ``--zero-frac`` leaves a fraction unlabelled). Per class a positive rate drawn Zipf-like so
+that an image has ~6 seen and ~1.9 unseen positives on average (the unseen figure is what LESA / BiAM imply; the
+seen one is an assumption); float32 scores (standard normal, +1 on positives), ``--tie-rows`` of the images
+rounded to bf16 precision (ties). ``mean_average_precision`` (GZSL: all labels; ZSL: the 81 unseen columns) is
+timed side by side with a port of BiAM's ``util_nus.compute_AP`` to the CPU (per class: mask ``|label| == 1``,
+torch sort descending, float32 cumulative TP / FP, ``sum(prec * hit) / n_pos``; labels as float32 tensors, as
+BiAM's evaluation loop stores them), interleaved run by run in this process, for each ``--threads`` setting
+(``torch.set_num_threads`` and ``threadpoolctl`` limits). ``--previous-rev REV`` also times the library's AP at
+an older git revision (loaded with ``git show``; its numbers must be identical, bit for bit). BiAM breaks ties
+by sort order and sums in float32, so its numbers differ slightly (stated in the output); sklearn on a few
+labels is the exact check.
+
+    python benchmarks/bench_multilabel_metrics.py --case nus --threads 1 2 --previous-rev <rev>   # ~2 GB, ~15 min
 """
 
 from __future__ import annotations
@@ -40,14 +55,24 @@ import platform
 import re
 import resource
 import statistics
+import subprocess
+import sys
 import time
 import tracemalloc
+import types
+from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
 
-from unseen.multilabel.metrics import evaluate_multilabel, precision_recall_f1_at_k
+from unseen.multilabel.metrics import evaluate_multilabel, mean_average_precision, precision_recall_f1_at_k
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # only limits BLAS / OpenMP pools; numpy's sort is single-threaded anyway
+    threadpool_limits = None
 
 
 def make_data(
@@ -188,7 +213,6 @@ def bench(name: str, scores: np.ndarray, labels: np.ndarray, args: argparse.Name
     ref_ap = reference_ap(scores, labels, keep, cols)
     t_ap, c_ap = time.perf_counter() - t0, time.process_time() - c0
     t_ap_all = t_ap * C / cols.size
-    from unseen.multilabel.metrics import mean_average_precision
 
     fast = mean_average_precision(scores, labels, image_filter="has_positive")["per_class"][cols]
     ap_diff = float(np.nanmax(np.abs(fast - ref_ap))) if np.isfinite(ref_ap).any() else 0.0
@@ -246,11 +270,193 @@ def bench(name: str, scores: np.ndarray, labels: np.ndarray, args: argparse.Name
     }
 
 
+# --------------------------------------------------------------------------------------------- dense NUS case
+
+
+def make_nus_data(
+    n: int, c: int, n_unseen: int, seed: int, tie_rows: float, zero_frac: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dense +-1 labels (``zero_frac`` of them 0) with Zipf-like per-class positive rates, float32 scores."""
+    rng = np.random.default_rng(seed)
+    n_seen = c - n_unseen
+    rate = np.empty(c)
+    for sl, per_image in ((slice(0, n_seen), 6.0), (slice(n_seen, c), 1.9)):
+        w = rng.permutation(1.0 / np.arange(1, sl.stop - sl.start + 1) ** 0.8)
+        rate[sl] = np.minimum(per_image * w / w.sum(), 0.5)
+    scores = np.empty((n, c), dtype=np.float32)
+    labels = np.empty((n, c), dtype=np.int8)
+    for r0 in range(0, n, 4096):
+        r1 = min(n, r0 + 4096)
+        u = rng.random((r1 - r0, c), dtype=np.float32)
+        lab = np.where(u < rate, 1, -1).astype(np.int8)
+        if zero_frac:
+            lab[rng.random((r1 - r0, c), dtype=np.float32) < zero_frac] = 0
+        labels[r0:r1] = lab
+        scores[r0:r1] = rng.standard_normal((r1 - r0, c), dtype=np.float32)
+        scores[r0:r1] += lab == 1
+    tied = np.flatnonzero(rng.random(n) < tie_rows)
+    for i in range(0, tied.size, 4096):
+        r = tied[i : i + 4096]
+        scores[r] = torch.from_numpy(scores[r]).bfloat16().float().numpy()
+    return scores, labels
+
+
+def biam_compute_ap(pred: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+    """BiAM's NUS-WIDE AP (``util_nus.compute_AP`` semantics) on the CPU: per class, the annotated images sorted
+    by score descending (ties in sort order), float32 cumulative hits / misses, AP = sum of the precision at each
+    hit / number of positives; a class without a positive keeps AP 0."""
+    ap = torch.zeros(pred.shape[1])
+    for j in range(pred.shape[1]):
+        y = lab[:, j]
+        if not bool((y > 0).any()):
+            continue
+        annotated = y.abs() == 1
+        hit_all = y[annotated].clamp(0, 1)
+        _, order = pred[:, j][annotated].sort(descending=True)
+        hit = (hit_all[order] == 1).float()
+        tp = hit.cumsum(0)
+        fp = (1 - hit).cumsum(0)
+        ap[j] = (hit * (tp / (tp + fp))).sum() / hit_all.sum()
+    return ap
+
+
+def load_previous(rev: str) -> types.ModuleType:
+    """``unseen.multilabel.metrics`` as of git revision ``rev`` (read with ``git show``), as a module."""
+    root = Path(__file__).resolve().parents[1]
+    text = subprocess.run(
+        ["git", "show", f"{rev}:src/unseen/multilabel/metrics.py"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    mod = types.ModuleType("unseen_metrics_previous")
+    mod.__file__ = f"{rev}:src/unseen/multilabel/metrics.py"
+    sys.modules[mod.__name__] = mod  # dataclass / NamedTuple machinery looks the module up
+    exec(compile(text, mod.__file__, "exec"), mod.__dict__)
+    return mod
+
+
+def bench_nus(name: str, scores: np.ndarray, labels: np.ndarray, args: argparse.Namespace, prev) -> dict:
+    C = scores.shape[1]
+    cols = (
+        np.arange(C)
+        if not args.ref_labels or args.ref_labels >= C
+        else np.unique(np.linspace(0, C - 1, args.ref_labels).round().astype(np.int64))
+    )
+    pred_t = torch.from_numpy(np.ascontiguousarray(scores[:, cols]))
+    lab_t = torch.from_numpy(np.ascontiguousarray(labels[:, cols])).float()  # BiAM keeps float32 labels
+    out: dict = {"space": name, "N": int(scores.shape[0]), "C": int(C), "ref_labels_timed": int(cols.size)}
+    runs = []
+    for th in args.threads:
+        torch.set_num_threads(th)
+        limit = threadpool_limits(limits=th) if threadpool_limits else nullcontext()
+        with limit:
+            t = {"ref": [], "fast": [], "prev": [], "ref_cpu": [], "fast_cpu": []}
+            for _ in range(args.repeats):  # interleaved: a load change hits all of them alike
+                t0, c0 = time.perf_counter(), time.process_time()
+                ref = biam_compute_ap(pred_t, lab_t).double().numpy()
+                t["ref"].append((time.perf_counter() - t0) * C / cols.size)
+                t["ref_cpu"].append((time.process_time() - c0) * C / cols.size)
+                t0, c0 = time.perf_counter(), time.process_time()
+                fast = mean_average_precision(scores, labels)
+                t["fast"].append(time.perf_counter() - t0)
+                t["fast_cpu"].append(time.process_time() - c0)
+                if prev is not None:
+                    t0 = time.perf_counter()
+                    old = prev.mean_average_precision(scores, labels)
+                    t["prev"].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in t.items() if v}
+        run = {
+            "threads": th,
+            "ref_s_median": round(med["ref"], 2),
+            "fast_s_median": round(med["fast"], 3),
+            "speedup": round(med["ref"] / med["fast"], 1),
+            "speedup_cpu_time": round(med["ref_cpu"] / med["fast_cpu"], 1),
+            "ref_s_all": [round(x, 2) for x in t["ref"]],
+            "fast_s_all": [round(x, 3) for x in t["fast"]],
+        }
+        if prev is not None:
+            run |= {
+                "previous_s_median": round(med["prev"], 2),
+                "previous_s_all": [round(x, 2) for x in t["prev"]],
+                "speedup_vs_previous": round(med["prev"] / med["fast"], 1),
+                "ref_over_previous": round(med["ref"] / med["prev"], 2),
+            }
+        runs.append(run)
+    out["runs"] = runs
+    out["ref_extrapolated"] = bool(cols.size < C)
+    out["fast_peak_extra_MB"], out["peak_measured_as"] = peak_extra_memory_mb(
+        lambda: mean_average_precision(scores, labels)
+    )
+    out["fast_peak_extra_MB"] = round(out["fast_peak_extra_MB"], 1)
+    per_class = fast["per_class"]
+    d = np.abs(per_class[cols] - ref)
+    out["mAP"] = fast["mAP"]
+    out["ref_mAP_over_timed_labels"] = float(ref.mean())
+    out["max_abs_diff_vs_ref"] = float(d.max())
+    out["labels_diff_vs_ref_over_1e-5"] = int((d > 1e-5).sum())
+    sk = np.unique(np.linspace(0, C - 1, min(C, args.sklearn_labels)).round().astype(np.int64))
+    sk_ap = reference_ap(scores, labels, np.ones(scores.shape[0], dtype=bool), sk)
+    out["sklearn_labels_checked"] = int(sk.size)
+    out["max_abs_diff_vs_sklearn"] = float(np.nanmax(np.abs(per_class[sk] - sk_ap)))
+    if prev is not None:
+        out["previous_rev"] = args.previous_rev
+        out["previous_identical_bits"] = bool(
+            np.array_equal(old["per_class"], per_class, equal_nan=True) and old["mAP"] == fast["mAP"]
+        )
+        out["previous_peak_extra_MB"] = round(
+            peak_extra_memory_mb(lambda: prev.mean_average_precision(scores, labels))[0], 1
+        )
+    return out
+
+
+def main_nus(args: argparse.Namespace) -> None:
+    n, c = args.n or 107_859, args.c or 1_006
+    n_unseen = 81 if args.unseen is None else args.unseen
+    prev = load_previous(args.previous_rev) if args.previous_rev else None
+    t0 = time.perf_counter()
+    scores, labels = make_nus_data(n, c, n_unseen, args.seed, args.tie_rows, args.zero_frac)
+    pos = labels == 1
+    print(
+        json.dumps(
+            {
+                "case": "nus (dense)",
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+                "numpy": np.__version__,
+                "torch": torch.__version__,
+                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+                "load_avg_1min": round(os.getloadavg()[0], 2),
+                "N": n,
+                "C": c,
+                "gen_s": round(time.perf_counter() - t0, 1),
+                "positives_per_image_seen": round(float(pos[:, : c - n_unseen].sum()) / n, 2),
+                "positives_per_image_unseen": round(float(pos[:, c - n_unseen :].sum()) / n, 2),
+                "unlabelled_fraction": round(float(np.count_nonzero(labels == 0)) / labels.size, 4),
+                "rows_with_bf16_ties": args.tie_rows,
+            }
+        )
+    )
+    del pos
+    spaces = [("ZSL", slice(c - n_unseen, c))] + ([] if args.skip_gzsl else [("GZSL", slice(0, c))])
+    for name, sl in spaces:
+        print(json.dumps(bench_nus(name, scores[:, sl], labels[:, sl], args, prev), indent=1), flush=True)
+    print(
+        json.dumps(
+            {
+                "process_ru_maxrss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                "load_avg_1min_end": round(os.getloadavg()[0], 2),
+            }
+        )
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=125_436)
-    ap.add_argument("--c", type=int, default=7_586)
-    ap.add_argument("--unseen", type=int, default=400)
+    ap.add_argument("--case", choices=["openimages", "nus"], default="openimages")
+    ap.add_argument("--n", type=int, default=None, help="images (default: 125,436 / nus 107,859)")
+    ap.add_argument("--c", type=int, default=None, help="labels (default: 7,586 / nus 1,006)")
+    ap.add_argument("--unseen", type=int, default=None, help="unseen labels (default: 400 / nus 81)")
     ap.add_argument("--annotated-seen", type=int, default=4_728)
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--ref-labels", type=int, default=0, help="labels timed in the AP reference (0 = all)")
@@ -268,8 +474,16 @@ def main() -> None:
         default=[0],
         help="torch intra-op thread counts to time the fast path with (0 = torch's default)",
     )
+    ap.add_argument("--zero-frac", type=float, default=0.0, help="nus: fraction of unlabelled (0) entries")
+    ap.add_argument("--previous-rev", default=None, help="nus: also time the AP of this git revision")
+    ap.add_argument("--sklearn-labels", type=int, default=12, help="nus: labels checked against sklearn")
     args = ap.parse_args()
     args.threads = [t or torch.get_num_threads() for t in args.threads]
+    if args.case == "nus":
+        main_nus(args)
+        return
+    args.n, args.c = args.n or 125_436, args.c or 7_586
+    args.unseen = 400 if args.unseen is None else args.unseen
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()

@@ -184,7 +184,7 @@ def test_streaming_equals_reference_on_tied_grids():
         fast = StreamingEvaluator(pairs, seen, evm, y, exact=False, attr_obj=attr_obj)
         stream(fast, s, rng)
         fr = fast.result()
-        assert fr.n_ambiguous is None and fr.to_dict()["seen_curve"] == res.to_dict()["seen_curve"]
+        assert fr.n_ambiguous == 0 and fr.to_dict()["seen_curve"] == res.to_dict()["seen_curve"]
         assert fr.auc == res.auc and fr.biases.tolist() == res.biases.tolist()
         n_auc += res.auc > 0
         n_pts += len(res.biases) > 2
@@ -197,10 +197,9 @@ def test_streaming_equals_reference_continuous_and_float64():
         pairs, seen, evm, y, s = random_case(rng, grid=False)
         ev = StreamingEvaluator(pairs, seen, evm, y)
         stream(ev, s, rng)
-        res = ev.result()
-        ref = reference_evaluate(s, pairs, seen, evm, y)
-        if res.n_ambiguous == 0:
-            assert_same(res, ref)
+        res = ev.result(rescore=lambda rows, s=s: s[rows])
+        assert res.n_ambiguous == 0
+        assert_same(res, reference_evaluate(s, pairs, seen, evm, y))
         ev64 = StreamingEvaluator(pairs, seen, evm, y, dtype="float64")
         stream(ev64, s, rng)
         assert_same(ev64.result(), reference_evaluate(s, pairs, seen, evm, y, dtype=torch.float64))
@@ -246,8 +245,12 @@ def test_tightly_packed_scores_are_flagged_not_silently_wrong():
                 assert not unc.any() and (pred == ref).all()  # nothing rounds at b = 0
         flagged += res.n_ambiguous
         assert res.n_ambiguous == res.ambiguous_samples.size
+        ref_res = reference_evaluate(s, pairs, seen, evm, y)
         if res.n_ambiguous == 0:
-            assert_same(res, reference_evaluate(s, pairs, seen, evm, y))
+            assert_same(res, ref_res)
+        resolved = ev.result(rescore=lambda rows, s=s: s[rows])  # exact mode resolves what it flagged
+        assert resolved.n_ambiguous == 0 and resolved.n_resolved >= res.n_ambiguous
+        assert_same(resolved, ref_res)
     assert flagged > 0 and disagreements > 0  # the cases do hit rounding merges that change the outcome
 
 
@@ -271,7 +274,254 @@ def test_rounding_merge_hand_case():
         pred, amb, unc = ev.predict(1e3)
         assert amb.tolist() == [ambiguous, ambiguous] and unc.tolist() == [ambiguous, ambiguous]
         assert pred.tolist() == ([5, 5] if ambiguous else [1, 1])  # k = 2: best guess min(5, 8)
-    assert_same(ev.result(), reference_evaluate(s, pairs, seen, np.ones(10, bool), y))
+        res = ev.result(rescore=lambda rows: s[rows])
+        assert res.n_resolved == (2 if ambiguous else 0) and res.n_ambiguous == 0
+        assert_same(res, reference_evaluate(s, pairs, seen, np.ones(10, bool), y))
+        pred, amb, unc = ev.predict(1e3)  # resolved samples are exact at any bias, not only the curve's
+        assert pred.tolist() == [1, 1] and not amb.any() and not unc.any()
+
+
+# --------------------------------------------------------------------------------------------- merged near-ties
+
+
+def merged_case(rng: np.random.Generator, n: int = 200, dtype=np.float32):
+    """Deliberate rounding merges of more than 4 unseen scores (more than ``topk``'s default can hold).
+
+    Per row a base ``c`` and a cluster of 5-9 unseen columns with distinct scores in ``(c - w, c]``, ``w`` = 0.45
+    or 1 unit in the last place of ``c + 1e3``: adding the bias collapses them onto one value, or onto two values
+    1 ulp apart. Within a cluster the lower columns carry the lower scores, so the reference's first-index winner
+    is the lowest-scored cluster column, outside any top 4. Row kinds: ``merged`` (GT = that column: only the
+    merge can make it correct at 1e3), ``stolen`` (GT = the cluster's best column: correct at small biases, wrong at
+    1e3), ``plain`` (GT = the unseen maximum, no cluster), ``seen``, and ``seen_tie`` (GT seen, scored exactly
+    ``fl(c + 1e3)``: a seen/unseen tie at the max-bias point). Returns the case and the cluster columns per row.
+    """
+    n_attr, n_obj = 8, 9
+    pairs = np.array(list(itertools.product(range(n_attr), range(n_obj))))
+    p = len(pairs)
+    seen = np.zeros(p, bool)
+    seen[rng.choice(p, 2 * p // 5, replace=False)] = True
+    evm = seen | (rng.random(p) < 0.9)
+    un, sn = np.flatnonzero(evm & ~seen), np.flatnonzero(seen)
+    s = rng.uniform(-2.0, -1.0, (n, p)).astype(dtype)  # everything else far below
+    y = np.empty(n, np.int64)
+    clusters = []
+    kinds = rng.choice(["merged", "stolen", "plain", "seen", "seen_tie"], n, p=[0.35, 0.15, 0.2, 0.2, 0.1])
+    for i, kind in enumerate(kinds):
+        c = dtype(rng.choice([0.5, 0.75, 3.0]) if rng.random() < 0.5 else rng.uniform(0.3, 4.0))
+        s[i, un] = c - dtype(rng.uniform(0.05, 0.5))  # other unseen candidates: no merge with c
+        ps = rng.choice(sn)
+        s[i, ps] = c + dtype(rng.uniform(0.1, 1.5))  # best seen: wins at b = 0
+        cl = np.array([], np.int64)
+        if kind != "plain":
+            m = int(rng.integers(5, 10))
+            cl = np.sort(rng.choice(un, m, replace=False))
+            w = rng.choice([0.45, 1.0]) * np.spacing(c + dtype(1e3))
+            steps = np.sort(rng.choice(int(w / np.spacing(c)), m, replace=False))[::-1]
+            s[i, cl] = c - steps * np.spacing(c)  # ascending with the column index, top = c
+        if kind == "merged":
+            y[i] = cl[0]
+        elif kind == "stolen":
+            y[i] = cl[-1]
+        elif kind == "plain":
+            y[i] = rng.choice(un)
+            s[i, y[i]] = c
+        else:
+            y[i] = ps
+            if kind == "seen_tie":
+                s[i, ps] = c + dtype(1e3)
+        clusters.append(cl)
+    return (pairs, seen, evm, y, s), clusters
+
+
+def _check_merges(s: np.ndarray, clusters: list) -> None:
+    """The construction really merges > 4 distinct scores onto values at most 1 ulp apart."""
+    one = s.dtype.type(1e3)
+    n_big = 0
+    for i, cl in enumerate(clusters):
+        if cl.size:
+            v = s[i, cl]
+            biased = np.unique(v + one)
+            assert np.unique(v).size == cl.size > 4
+            assert biased.size <= 2 and biased[-1] - biased[0] <= np.spacing(biased[0])
+            n_big += 1
+    assert n_big > 0
+
+
+def _resolve_in_blocks(ev, s: np.ndarray, rng: np.random.Generator):
+    """Resolve through the public API: flagged rows in random column blocks, random order, until none is left."""
+    res = ev.result()
+    rounds = 0
+    while res.n_ambiguous:
+        rows = res.ambiguous_samples
+        blocks = _parts(s.shape[1], rng)
+        for i in rng.permutation(len(blocks)):
+            c = blocks[i]
+            cc = np.arange(s.shape[1])[c] if isinstance(c, slice) else c
+            ev.resolve(torch.from_numpy(s[np.ix_(rows, cc)]), rows, c)
+        res = ev.result()
+        rounds += 1
+    return res, rounds
+
+
+def test_merged_near_ties_200_images_resolved_equal_reference():
+    # the issue's failure: > topk unseen scores merged by the 1e3 bias; flagged, but the numbers were wrong
+    rng = np.random.default_rng(12)
+    (pairs, seen, evm, y, s), clusters = merged_case(rng, n=200)
+    _check_merges(s, clusters)
+    ref = reference_evaluate(s, pairs, seen, evm, y)
+    assert ref["auc"] > 0 and len(ref["biases"]) > 10
+
+    # the top-4 state alone: what the evaluator used to report
+    unresolved = StreamingEvaluator(pairs, seen, evm, y)
+    unresolved.update(s)
+    before = unresolved.result()
+    assert before.n_ambiguous > 20 and before.auc != ref["auc"]  # a real difference, not only a flag
+
+    res = evaluate_scores(s, pairs, seen, evm, y, chunk_cols=17)
+    assert res.n_ambiguous == 0 and res.ambiguous_per_point.sum() == 0
+    assert_same(res, ref)
+    assert res.to_dict() == evaluate_scores(torch.from_numpy(s), pairs, seen, evm, y, chunk_rows=33).to_dict()
+
+    # only flagged rows are recomputed: the first request is exactly the flagged set, later ones only new flags
+    asked: list[np.ndarray] = []
+    flagged = set(before.ambiguous_samples.tolist())
+
+    def rescore(rows):
+        asked.append(rows)
+        return s[rows]
+
+    ev = StreamingEvaluator(pairs, seen, evm, y)
+    ev.update(s)
+    out = ev.result(rescore=rescore)
+    assert_same(out, ref)
+    assert asked[0].tolist() == sorted(flagged)
+    recomputed = np.concatenate(asked)
+    assert np.unique(recomputed).size == recomputed.size == out.n_resolved < len(y) // 2
+    kinds_recomputed = {bool(clusters[i].size) for i in recomputed}
+    assert kinds_recomputed == {True}  # rows without a merge cluster are never re-read
+
+    # the czsl attr/obj convention reads the b = 1e3 predictions themselves: also exact after resolving
+    czsl = evaluate_scores(s, pairs, seen, evm, y, attr_obj="czsl")
+    assert czsl.n_ambiguous == 0
+    assert_same(czsl, reference_evaluate(s, pairs, seen, evm, y, attr_obj="czsl"))
+
+
+def test_merged_near_ties_random_cases():
+    rng = np.random.default_rng(13)
+    n_flagged = n_rounds = 0
+    for i in range(8):
+        dt = np.float64 if i % 4 == 3 else np.float32
+        (pairs, seen, evm, y, s), clusters = merged_case(rng, n=int(rng.integers(20, 80)), dtype=dt)
+        _check_merges(s, clusters)
+        name, tdt = ("float64", torch.float64) if dt is np.float64 else ("float32", torch.float32)
+        attr_obj = "czsl" if i % 3 == 0 else "csp"
+        ref = reference_evaluate(s, pairs, seen, evm, y, dtype=tdt, attr_obj=attr_obj)
+        ev = StreamingEvaluator(
+            pairs, seen, evm, y, topk=int(rng.integers(2, 6)), dtype=name, attr_obj=attr_obj
+        )
+        stream(ev, s, rng)
+        n_flagged += ev.result().n_ambiguous
+        res, rounds = _resolve_in_blocks(ev, s, rng)
+        n_rounds += rounds
+        assert res.n_ambiguous == 0
+        assert_same(res, ref)
+        for b in list(res.biases) + [0.0]:  # resolved samples: every prediction equals the reference's
+            bias = torch.tensor(b, dtype=tdt) if b != 1e3 else 1e3
+            want = reference_predict(torch.from_numpy(s), torch.from_numpy(seen), torch.from_numpy(evm), bias)
+            pred, _, unc = ev.predict(b)
+            assert ((pred == want.numpy()) | unc).all()
+    assert n_flagged > 0 and n_rounds > 0
+
+
+def test_fast_mode_flags_or_resolves_merged_near_ties():
+    rng = np.random.default_rng(14)
+    n_flag = n_diff = 0
+    for i in range(5):
+        (pairs, seen, evm, y, s), _ = merged_case(rng, n=200 if i == 0 else 60)
+        ref = reference_evaluate(s, pairs, seen, evm, y)
+        fast = StreamingEvaluator(pairs, seen, evm, y, exact=False)
+        stream(fast, s, rng)
+        res = fast.result()
+        assert res.n_ambiguous == res.ambiguous_samples.size > 0  # flagged, never silent
+        S, st, et = torch.from_numpy(s), torch.from_numpy(seen), torch.from_numpy(evm)
+        for b in sorted(set(res.biases.tolist()) | set(ref["biases"]) | {0.0}):
+            bias = torch.tensor(b, dtype=torch.float32) if b != 1e3 else 1e3
+            want = reference_predict(S, st, et, bias).numpy()
+            pred, amb, unc = fast.predict(b)
+            wrong = (pred == y) != (want == y)
+            assert not (wrong & ~amb).any() and not ((pred != want) & ~unc).any()
+            n_diff += int(wrong.sum())
+        n_flag += res.n_ambiguous
+        assert evaluate_scores(s, pairs, seen, evm, y, exact=False).to_dict() == res.to_dict()  # flags only
+        resolved = fast.result(rescore=lambda rows, s=s: s[rows])  # fast state + resolution = exact too
+        assert resolved.n_ambiguous == 0
+        assert_same(resolved, ref)
+    assert n_flag > 0 and n_diff > 0  # the fast mode's best guesses do differ: the flags matter
+
+
+def test_resolution_repeats_when_the_candidate_biases_move():
+    # A (unseen, GT column 2): a cluster of 6 merged at 1e3 (k = 2 cannot settle it); resolved, A becomes correct
+    # at 1e3 and adds the bias d_A ~ -700.5. B (unseen, GT column 8): 3 scores near -400 that do not all merge at
+    # 1e3 (B is certainly wrong there) but merge at d_A, where magnitudes grow past 1024: B is flagged only once
+    # A is resolved, and needs a second round.
+    f32 = np.float32
+    p = 11
+    pairs = np.array([[a, 0] for a in range(p)])
+    seen = np.zeros(p, bool)
+    seen[[0, 1]] = True
+    s = np.full((2, p), -2000.0, f32)
+    c = f32(0.5)
+    s[0, 2:8] = c - np.arange(5, -1, -1).astype(f32) * np.spacing(c) * 50  # ascending with the column
+    s[0, :2], s[0, 8:] = (-700.0, -800.0), -900.0
+    d_a = (s[0, :2].max() - s[0, 2]) - f32(1e-4)  # the reference's candidate bias, in float32
+    assert np.unique(s[0, 2:8]).size == 6 and np.unique(s[0, 2:8] + f32(1e3)).size == 1
+    step = abs(np.spacing(f32(-400.0)))
+    for shift in range(64):  # the first triple near -400 that merges at d_A but not at 1e3
+        v = f32(-400.0) - f32(shift) * step - np.arange(3).astype(f32) * step  # descending
+        if np.unique(v + d_a).size == 1 and v[2] + f32(1e3) != v[0] + f32(1e3):
+            break
+    else:
+        raise AssertionError("no triple found")
+    s[1, 8:], s[1, :2] = v[::-1], (-5000.0, -5001.0)  # the lowest score at the lowest column (B's GT)
+    y, evm = np.array([2, 8]), np.ones(p, bool)
+    ref = reference_evaluate(s, pairs, seen, evm, y)
+    assert ref["biases"] == [float(d_a), 1e3]
+
+    ev = StreamingEvaluator(pairs, seen, evm, y, topk=2)
+    ev.update(s)
+    first = ev.result()
+    assert first.ambiguous_samples.tolist() == [0] and first.biases.tolist() == [1e3]
+    asked: list[list[int]] = []
+    res = ev.result(rescore=lambda rows: (asked.append(rows.tolist()), s[rows])[1])
+    assert asked == [[0], [1]] and res.n_resolved == 2 and res.n_ambiguous == 0
+    assert_same(res, ref)
+    assert_same(evaluate_scores(s, pairs, seen, evm, y, topk=2), ref)
+
+
+def test_resolve_errors():
+    rng = np.random.default_rng(15)
+    (pairs, seen, evm, y, s), _ = merged_case(rng, n=30)
+    ev = StreamingEvaluator(pairs, seen, evm, y)
+    ev.update(s)
+    rows = ev.result().ambiguous_samples
+    assert rows.size
+    half = s.shape[1] // 2
+    ev.resolve(s[rows, :half], rows, slice(0, half))
+    with pytest.raises(DataFormatError, match="resolve: sample"):
+        ev.result()  # the other half of the columns has not arrived
+    ev.resolve(s[rows, half:], rows, slice(half, None))
+    assert ev.result().n_resolved == rows.size
+    other = StreamingEvaluator(pairs, seen, evm, y)
+    other.update(s)
+    changed = s[rows].copy()
+    changed[:, evm & ~seen] += 1.0  # not the streamed scores
+    other.resolve(changed, rows)
+    with pytest.raises(DataFormatError, match="differs from the streamed"):
+        other.result()
+    with pytest.raises(DataFormatError, match="NaN"):
+        bad = s[rows].copy()
+        bad[0, np.flatnonzero(evm & ~seen)[0]] = np.nan
+        StreamingEvaluator(pairs, seen, evm, y).resolve(bad, rows)
 
 
 def test_edge_cases():

@@ -331,7 +331,10 @@ def _sparse_case(rng, N, C, *, per_row=4, tie_frac=0.5):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_sparse_labels_match_oracles_with_filter(seed, prf_path):
+def test_sparse_labels_match_oracles_with_filter(seed, prf_path, monkeypatch):
+    import unseen.multilabel.metrics as M
+
+    monkeypatch.setattr(M, "_DENSE_FRACTION", 1.0)  # 6.7 % annotated: through the sparse AP path
     rng = np.random.default_rng(seed)
     s, y = _sparse_case(rng, 300, 60)
     keep = (y == 1).any(axis=1)
@@ -370,12 +373,13 @@ def test_ap_column_chunks_by_entry_budget(monkeypatch):
     import unseen.multilabel.metrics as M
 
     rng = np.random.default_rng(9)
-    s, y = _random_case(rng, 600, 13, ties=True, p=(0.05, 0.9, 0.05))  # sparse: 10 % annotated
+    s, y = _random_case(rng, 600, 13, ties=True, p=(0.05, 0.9, 0.05))  # 10 % annotated: ref = dense path
     y[:, 4] = 0
     ref = average_precision(s, y)
     ref_f = mean_average_precision(s, y, image_filter="has_positive")
     seen_chunks = []
     orig = M._ap_column_chunks
+    monkeypatch.setattr(M, "_DENSE_FRACTION", 1.0)  # the sparse AP path
     monkeypatch.setattr(M, "_AP_ENTRIES", 150)
     monkeypatch.setattr(M, "_ap_column_chunks", lambda *a: seen_chunks.append(orig(*a)) or seen_chunks[-1])
     np.testing.assert_array_equal(average_precision(s, y), ref)
@@ -473,3 +477,212 @@ def test_bad_labels_found_in_every_block(ap_entries, monkeypatch):
     monkeypatch.setattr(M, "_AP_ENTRIES", 1 << 22)
     monkeypatch.setattr(M, "_BLOCK_ENTRIES", 1 << 23)
     assert evaluate_multilabel(s, y, ks=(1, 3), image_filter="has_positive") == ref
+
+
+# ----------------------------------------------------------------------------------------------- dense AP path
+
+
+def _loop_ap(s, y):
+    """Straightforward per-class AP with sklearn's tie rule, written to do the library's float arithmetic: walk
+    the annotated images by score descending, one tie group at a time; each positive of a group adds
+    ``TP / seen`` at the group's end (Python int / int division, IEEE-rounded), summed one positive at a time
+    in rank order, then divided by the positive count. The same arithmetic means the same bits."""
+    out = np.full(y.shape[1], np.nan)
+    for c in range(y.shape[1]):
+        m = y[:, c] != 0
+        v = [
+            float(x) for x in np.asarray(s[m, c], dtype=np.float64)
+        ]  # widening is exact: same order and ties
+        p = [bool(x) for x in y[m, c] == 1]
+        if not any(p):
+            continue
+        order = sorted(range(len(v)), key=lambda i: -v[i])
+        total, tp, i = 0.0, 0, 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            hits = sum(p[order[k]] for k in range(i, j + 1))
+            tp += hits
+            for _ in range(hits):
+                total += tp / (j + 1)
+            i = j + 1
+        out[c] = total / sum(p)
+    return out
+
+
+def _dense_case(rng, N, C, *, zero_frac=0.1):
+    """Dense labels (mostly +-1, ``zero_frac`` unannotated) with heavy ties, signed zeros and the corner columns:
+    0 no positive, 1 nothing annotated, 2 constant scores, 3 only positives, 4 a single positive."""
+    s = rng.integers(-3, 4, size=(N, C)).astype(np.float64) / 2
+    s[:, 5:] += np.where(rng.random((N, C - 5)) < 0.3, rng.standard_normal((N, C - 5)), 0.0)  # some untied
+    s = np.where(rng.random((N, C)) < 0.5, -s, s)  # -0.0 and 0.0 must form one tie
+    y = rng.choice(np.array([-1, 1], dtype=np.int8), size=(N, C), p=[0.7, 0.3])
+    y[rng.random((N, C)) < zero_frac] = 0
+    y[:, 0] = np.where(y[:, 0] == 1, -1, y[:, 0])
+    y[:, 1] = 0
+    s[:, 2] = 0.5
+    y[:, 4] = np.where(y[:, 4] == 1, -1, y[:, 4])
+    y[N // 2, 4] = 1
+    y[-5:] = np.where(y[-5:] == 1, -1, y[-5:])  # images without a positive (dropped by the filter)
+    y[:, 3] = np.where(y[:, 3] == -1, 1, y[:, 3])
+    y[-5:, 3] = 0
+    return s, y
+
+
+@pytest.fixture
+def dense_path(monkeypatch):
+    """Every matrix through the dense (column-sort) AP path, transposed a few source rows at a time."""
+    import unseen.multilabel.metrics as M
+
+    monkeypatch.setattr(M, "_DENSE_FRACTION", 0.0)
+    monkeypatch.setattr(M, "_T_ROWS", 7)
+    calls = []
+    orig = M._ap_dense
+    monkeypatch.setattr(M, "_ap_dense", lambda *a: calls.append(a[0].shape) or orig(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int64", "bfloat16"])
+@pytest.mark.parametrize("zero_frac", [0.0, 0.15])
+def test_dense_ap_equals_loop_oracle_and_sklearn(dtype, zero_frac, dense_path):
+    rng = np.random.default_rng(31)
+    s, y = _dense_case(rng, 61, 11, zero_frac=zero_frac)
+    if dtype == "int64":
+        s = np.round(s * 2).astype(np.int64)
+    elif dtype == "bfloat16":
+        s = torch.from_numpy(s).bfloat16()  # half-integers: exact in every float dtype
+    else:
+        s = s.astype(dtype)
+    s_np = s.float().numpy() if isinstance(s, torch.Tensor) else s
+    keep = (y == 1).any(axis=1)
+    assert 0 < keep.sum() < 61
+    for cs in (None, 1, 4):
+        ap = average_precision(s, y, chunk_size=cs)
+        np.testing.assert_array_equal(ap, _loop_ap(s_np, y))  # bit for bit
+        np.testing.assert_allclose(ap, _sklearn_ap(s_np, y), rtol=0, atol=1e-12, equal_nan=True)
+        out = mean_average_precision(s, y, image_filter="has_positive", chunk_size=cs)
+        np.testing.assert_array_equal(out["per_class"], _loop_ap(s_np[keep], y[keep]))
+        np.testing.assert_array_equal(out["n_positives"], (y == 1).sum(axis=0))
+    assert dense_path and all(shape[1] in (61, keep.sum()) for shape in dense_path)
+    ap = average_precision(s, y)
+    assert np.isnan(ap[0]) and np.isnan(ap[1]) and ap[3] == 1.0
+    # constant column: one tie group, AP = the positive rate among the annotated images
+    m2 = y[:, 2] != 0
+    assert ap[2] == pytest.approx((y[m2, 2] == 1).mean(), abs=1e-15)
+
+
+def test_dense_ap_strided_readonly_bigendian_inputs(dense_path):
+    """Views (ZSL columns, reversed rows), read-only and big-endian scores give the contiguous result; the input
+    is never written to (the sort works on a copy)."""
+    rng = np.random.default_rng(32)
+    s, y = _dense_case(rng, 40, 14, zero_frac=0.05)
+    s = s.astype(np.float32)
+    s0 = s.copy()
+    ref = _loop_ap(s[:, 3:], y[:, 3:])
+    np.testing.assert_array_equal(average_precision(s[:, 3:], y[:, 3:]), ref)
+    np.testing.assert_array_equal(average_precision(s[::-1, 3:], y[::-1, 3:]), ref)
+    ro = s[:, 3:].astype(">f4")
+    ro.flags.writeable = False
+    np.testing.assert_array_equal(average_precision(ro, y[:, 3:]), ref)
+    np.testing.assert_array_equal(s, s0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_and_sparse_paths_identical_without_zeros(seed, monkeypatch):
+    """Fully annotated labels (NUS-WIDE: no -inf masking) through both AP paths: the same bits."""
+    import unseen.multilabel.metrics as M
+
+    rng = np.random.default_rng(seed)
+    s, y = _dense_case(rng, 97, 9, zero_frac=0.0)
+    y[:, 1] = -1
+    s = s.astype(np.float32)
+    res = {}
+    # dense with the positives listed once / dense with transposed label blocks (more positives than the AP
+    # budget) / sparse
+    for frac, budget in ((0.0, 1 << 22), (0.0, 50), (2.0, 1 << 22)):
+        monkeypatch.setattr(M, "_DENSE_FRACTION", frac)
+        monkeypatch.setattr(M, "_AP_ENTRIES", budget)
+        res[frac, budget] = (
+            average_precision(s, y),
+            mean_average_precision(s, y, image_filter="has_positive")["per_class"],
+        )
+    for other in ((0.0, 50), (2.0, 1 << 22)):
+        for a, b in zip(res[0.0, 1 << 22], res[other]):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(res[0.0, 1 << 22][0], _loop_ap(s, y))
+
+
+def test_flat_nonzero_limit():
+    """The annotated-entry scan gives up (None) exactly when there are more non-zeros than the limit."""
+    import unseen.multilabel.metrics as M
+
+    rng = np.random.default_rng(33)
+    for _ in range(50):
+        a = np.where(rng.random((int(rng.integers(1, 30)), 13)) < rng.random(), 1, 0).astype(np.int8)
+        a[a == 1] = rng.choice(np.array([-1, 1], dtype=np.int8), size=int((a == 1).sum()))
+        nnz = int(np.count_nonzero(a))
+        limit = int(rng.integers(0, a.size + 2))
+        f = M._flat_nonzero(a, limit)
+        if nnz > limit:
+            assert f is None
+        else:
+            np.testing.assert_array_equal(f, np.flatnonzero(a))
+        np.testing.assert_array_equal(M._flat_nonzero(a), np.flatnonzero(a))
+
+
+@pytest.mark.parametrize("dense_fraction", [0.03, 1.0])
+def test_annotated_entries_listed_only_when_sparse_and_few(dense_fraction, monkeypatch):
+    """The validation pass lists the annotated entries only while they fit the AP budget and every block is
+    sparse; otherwise it counts them. Either way the counts and the AP numbers are the same."""
+    import unseen.multilabel.metrics as M
+
+    monkeypatch.setattr(M, "_DENSE_FRACTION", dense_fraction)
+    monkeypatch.setattr(M, "_BLOCK_ENTRIES", 200)  # 20 rows per validation block
+    rng = np.random.default_rng(34)
+    s, y = _dense_case(rng, 120, 10, zero_frac=0.1)
+    ys = np.zeros_like(y)  # 1 % annotated: two entries per block
+    r, c = np.arange(0, 120, 10), rng.integers(2, 10, size=12)
+    ys[r, c] = np.where(y[r, c] == 1, 1, -1)
+    cases = [
+        (lab, mean_average_precision(s, lab, image_filter="has_positive")["per_class"]) for lab in (y, ys)
+    ]
+    assert np.count_nonzero(ys) == 12 and np.isfinite(cases[1][1]).any()
+    for budget in (1 << 22, 100):  # all entries fit / the dense labels go over the budget mid-way
+        monkeypatch.setattr(M, "_AP_ENTRIES", budget)
+        for lab, ref in cases:
+            d = M._prepare(s, lab)
+            assert d.n_annotated == int(np.count_nonzero(lab)) and d.n_true == int((lab == 1).sum())
+            np.testing.assert_array_equal(d.has_pos, (lab == 1).any(axis=1))
+            listed = d.n_annotated <= budget and (lab is ys or dense_fraction == 1.0)
+            assert (d.entries is not None) == listed
+            if d.entries is not None:
+                np.testing.assert_array_equal(d.entries[0], np.flatnonzero(lab))
+                np.testing.assert_array_equal(d.entries[1], lab.reshape(-1)[np.flatnonzero(lab)])
+            out = mean_average_precision(s, lab, image_filter="has_positive")
+            np.testing.assert_array_equal(out["per_class"], ref)
+
+
+@pytest.mark.slow
+def test_dense_ap_nus_scale_bits():
+    """NUS-WIDE-sized columns (107,859 images, some bf16-rounded scores: ties), several column blocks: the dense
+    path equals the sparse path bit for bit and sklearn to 1e-12."""
+    import unseen.multilabel.metrics as M
+
+    rng = np.random.default_rng(35)
+    N, C = 107_859, 80
+    y = np.where(rng.random((N, C)) < rng.uniform(0.002, 0.05, C), 1, -1).astype(np.int8)
+    s = rng.standard_normal((N, C), dtype=np.float32) + (y == 1)
+    tied = rng.random(N) < 0.2
+    s[tied] = torch.from_numpy(s[tied]).bfloat16().float().numpy()
+    y[rng.random((N, C)) < 0.01] = 0
+    dense = mean_average_precision(s, y)["per_class"]
+    old = M._DENSE_FRACTION
+    try:
+        M._DENSE_FRACTION = 2.0
+        sparse = mean_average_precision(s, y, chunk_size=7)["per_class"]
+    finally:
+        M._DENSE_FRACTION = old
+    np.testing.assert_array_equal(dense, sparse)
+    cols = [0, 41, 79]
+    np.testing.assert_allclose(dense[cols], _sklearn_ap(s[:, cols], y[:, cols]), rtol=0, atol=1e-12)

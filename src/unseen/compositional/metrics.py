@@ -14,14 +14,20 @@ Conventions (every class and function here):
   :meth:`StreamingEvaluator.update`. Only the seen and in-mask unseen columns are read; every one of them must
   reach every sample exactly once. NaN or +inf in a read column is an error; -inf is allowed (never predicted).
 
-The reference algorithm, reproduced exactly: at bias ``b`` add ``b`` to every unseen column, set the
-columns outside the eval mask to ``-1e10``, predict the first maximal column (``argmax``; ties go to the column
-that comes first in ``pairs``). ``b = 1e3`` gives the max-bias point. Candidate biases: for every unseen sample
-correct at ``1e3``, ``d = (max seen score) - (GT score) - 1e-4``; sorted, subsampled with step
-``max(len // 20, 1)``; the curve is (seen acc, unseen acc) at each candidate, then the max-bias point. AUC =
-trapezoid (``np.trapezoid``) of seen over unseen accuracy; HM per point ``2su/(s+u)`` (``0`` when either is 0);
-best HM = its first maximum. ``best_seen`` / ``best_unseen`` are the maxima of the curves (``best_unseen`` is the
-max-bias point whenever the curve is monotone, as it is without rounding merges).
+The reference algorithm, reproduced exactly: at bias ``b`` add ``b`` to every unseen column, set the columns
+outside the eval mask to ``-1e10``, predict the top-1 column (ties: see the tie rule below). ``b = 1e3`` gives the
+max-bias point. Candidate biases: for every unseen sample correct at ``1e3``,
+``d = (max seen score) - (GT score) - 1e-4``; sorted, subsampled with step ``max(len // 20, 1)``; the curve is
+(seen acc, unseen acc) at each candidate, then the max-bias point. AUC = trapezoid (``np.trapezoid``) of seen
+over unseen accuracy; HM per point ``2su/(s+u)`` (``0`` when either is 0); best HM = its first maximum.
+``best_seen`` / ``best_unseen`` are the maxima of the curves (``best_unseen`` is the max-bias point whenever the
+curve is monotone, as it is without rounding merges).
+
+Tie rule (our convention): among tied top-1 columns the lowest index, i.e. the one first in ``pairs``, wins
+(``argmax``'s documented behaviour). The reference takes ``torch.topk(k=1)``, whose tie order is unspecified and is
+not stable: on CPU it selects with ``nth_element`` when a row has fewer than 64 * k columns, and then often
+returns a later tied column (seen with torch 2.14 on rows of 8 to 63 columns; from 64 columns on, k = 1 returned
+the first one). The two agree on benchmark-sized candidate sets.
 
 Arithmetic (``dtype="float32"``, default) is the reference's: float32 scores, float32 additions of the bias and of
 ``-1e-4``, accuracies = the float32 mean ``float32(k) / float32(n)`` (what ``tensor.float().mean()`` returns),
@@ -30,17 +36,29 @@ converted to Python floats; AUC and HM in float64. ``dtype="float64"`` does the 
 reference returns NaN there); with no unseen sample correct at ``1e3`` the curve is the single max-bias point and
 AUC is 0.
 
-Streaming: per sample the evaluator keeps the best seen score and its first column, the ``k`` best
-*distinct* unseen in-mask scores with the first column of each (``k = topk``, exact mode; ``k = 1`` otherwise) and
-the GT score: ``O(N k)`` memory for any ``P``. The seen/unseen winner at any bias is exact (``fl(x + b)`` is
+Streaming: per sample the evaluator keeps the best seen score and its first column, the best unseen in-mask scores
+and the GT score: ``O(N k)`` memory for any ``P``. The seen/unseen winner at any bias is exact (``fl(x + b)`` is
 monotone, so the biased unseen maximum is ``fl(u + b)``). The unseen column at bias ``b`` is the first column among
 those whose biased score rounds onto ``fl(u + b)``; two different scores can round together ("rounding merge", only
-when they are within one float32 ulp of ``|u + b|``: 6.1e-5 below 1024). Exact mode settles that from the ``k``
-stored values when the ``k``-th one does not round onto ``fl(u + b)``; otherwise the sample's correctness may be
-undetermined and the sample is counted as *ambiguous* (``CZSLResult.n_ambiguous``, with the sample indices; the
-best guess, the first stored merged column, is used). Each curve point can be off by at most its
-``ambiguous_per_point`` count over the seen/unseen sample count. Scores on an fp16 grid (CLIP logits computed in
-fp16) never merge; at ``b = 0`` nothing rounds, so the unbiased predictions are always exact.
+when they are within one float32 ulp of ``|u + b|``: 6.1e-5 below 1024), and then a lower-scored column with a
+smaller index takes the prediction. A sample's prediction is *certified* at ``b`` when the seen side wins strictly
+or the largest unseen score not stored does not round onto ``fl(u + b)``; otherwise it is *flagged*.
+
+* Exact mode (default): keeps the ``k`` best *distinct* unseen scores with the first column of each (``k = topk``).
+  Flagged samples are **resolved**: their rows are recomputed in full (:meth:`StreamingEvaluator.resolve`, or a
+  ``rescore`` callback to :meth:`StreamingEvaluator.result`; :func:`evaluate_scores` does it from the matrix it
+  holds). A resolved sample keeps the records of its unseen row (the columns whose score exceeds every score
+  before them in ``pairs`` order; the first column rounding onto ``fl(u + b)`` is always one of them), so its
+  prediction is exact at every bias. Resolving can change the candidate biases, so flagging and resolving repeat
+  until no unresolved sample is flagged: the numbers then equal the reference's. Only flagged rows are re-read.
+* Fast mode (``exact=False``): keeps the best unseen score, its first column and the second-largest distinct
+  unseen score (the certificate). Flagged samples are reported, never resolved.
+
+``CZSLResult.n_ambiguous`` counts the samples still flagged and unresolved (indices in ``ambiguous_samples``; the
+best guess, the first stored merged column, is used for them): each curve point can be off by at most its
+``ambiguous_per_point`` count over the seen/unseen sample count; ``n_resolved`` counts the recomputed rows.
+Scores on an fp16 grid (CLIP logits computed in fp16) never merge; at ``b = 0`` nothing rounds, so the unbiased
+predictions are always exact.
 
 Attribute/object accuracy: ``attr_obj="csp"`` (default; CSP, Troika, CAMS): the top-1 eval-masked pair at ``b = 0``
 vs the GT attribute (object), over all samples. ``attr_obj="czsl"``: the same at ``b = 1e3`` (czsl's
@@ -55,7 +73,7 @@ threshold -10, i.e. every pair). The test run is then a :class:`StreamingEvaluat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -109,9 +127,10 @@ class CZSLResult:
     n_seen_samples: int
     n_unseen_samples: int
     dtype: str  # arithmetic: "float32" (reference) or "float64"
-    n_ambiguous: int | None  # samples whose correctness is undetermined at >= 1 point; None if not checked
+    n_ambiguous: int | None  # samples flagged at >= 1 point and not resolved; None if not checked
     ambiguous_samples: np.ndarray | None = None  # their indices (int64, ascending)
-    ambiguous_per_point: np.ndarray | None = None  # (M,) ambiguous count per curve point
+    ambiguous_per_point: np.ndarray | None = None  # (M,) unresolved flagged count per curve point
+    n_resolved: int = 0  # samples whose rows were recomputed in full (exact at every point)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (arrays as lists), e.g. for JSON."""
@@ -287,8 +306,8 @@ def _block_distinct_topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray,
     values strictly above the last one (heavy ties) are redone with ``k`` exact passes."""
     r, c = x.shape
     width = min(c, 4 * k)
-    tv, ti = torch.topk(torch.from_numpy(x), width, dim=1, largest=True, sorted=True)
-    tv, ti = tv.numpy(), ti.numpy().astype(np.int64)
+    top = torch.topk(torch.from_numpy(x), width, dim=1, largest=True, sorted=True)
+    tv, ti = top.values.numpy(), top.indices.numpy().astype(np.int64)
     v, j = _distinct_topk(tv, ti, k, -1)
     if width < c:
         # every occurrence of a value > the width-th largest is among the topk output, so its first position is
@@ -322,6 +341,15 @@ class _Stream:
         self.g = np.full(n, np.nan, self.dt)  # GT score
         self.count = np.zeros(n, np.int64)  # read columns received
 
+    def _block(self, scores: Any, rows: Any, cols: Any) -> tuple[np.ndarray, Any, int, Any, int]:
+        """A score block as numpy with its row and column selectors, checked against each other."""
+        x = _chunk_numpy(scores, self.dt)
+        r, nr = _rows_sel(rows, self.prob.N, "rows")
+        c, nc = _rows_sel(cols, self.prob.P, "cols")
+        if x.shape != (nr, nc):
+            raise DataFormatError(f"scores: block shape {x.shape} does not match rows x cols = ({nr}, {nc})")
+        return x, r, nr, c, nc
+
     def update(self, scores: Any, rows: Any = None, cols: Any = None) -> None:
         """Merge a score block: ``scores[i, c]`` is the score of sample ``rows[i]`` for column ``cols[c]``.
         ``rows`` / ``cols``: ``None`` (all), a slice or an integer index array (any order, no duplicates).
@@ -329,11 +357,7 @@ class _Stream:
         (any device) are copied to the CPU; all work is numpy (plus ``torch.topk`` on CPU). After an error
         (NaN, shape) the state is undefined: start a new evaluator."""
         prob = self.prob
-        x = _chunk_numpy(scores, self.dt)
-        r, nr = _rows_sel(rows, prob.N, "rows")
-        c, nc = _rows_sel(cols, prob.P, "cols")
-        if x.shape != (nr, nc):
-            raise DataFormatError(f"scores: block shape {x.shape} does not match rows x cols = ({nr}, {nc})")
+        x, r, nr, c, nc = self._block(scores, rows, cols)
         if nr == 0 or nc == 0:
             return
         col_ids = np.arange(c.start, c.stop) if isinstance(c, slice) else c
@@ -408,8 +432,9 @@ class StreamingEvaluator(_Stream):
         seen_mask: ``(P,)`` bool, train pairs.
         eval_mask: ``(P,)`` bool, candidate columns (must contain every seen column).
         gt_pair: ``(N,)`` ground-truth column per sample; ``gt_attr`` / ``gt_obj`` optional, checked against it.
-        exact: keep the ``topk`` best distinct unseen scores per sample and report rounding-merge ambiguities;
-            ``False`` keeps only the best one and does not check (``n_ambiguous = None``).
+        exact: keep the ``topk`` best distinct unseen scores per sample; samples they cannot settle are flagged
+            and resolved from their full rows (:meth:`resolve`, or ``result(rescore=...)``). ``False`` (fast):
+            keep the best unseen score and the second distinct one; unsettled samples are flagged only.
         topk: ``k`` of exact mode (>= 2).
         dtype: ``"float32"`` (reference arithmetic) or ``"float64"``.
         attr_obj: ``"csp"`` (attr/obj accuracy at ``b = 0``) or ``"czsl"`` (at ``b = 1e3``).
@@ -437,67 +462,180 @@ class StreamingEvaluator(_Stream):
         self.exact = exact
         self.k = topk if exact else 1
         self.attr_obj = attr_obj
-        self.uv = np.full((self.prob.N, self.k), -np.inf, self.dt)  # best distinct unseen scores, descending
-        self.ui = np.full((self.prob.N, self.k), self.prob.P, np.int64)  # first column of each (P = none)
+        n = self.prob.N
+        self.uv = np.full((n, self.k), -np.inf, self.dt)  # best distinct unseen scores, descending
+        self.ui = np.full((n, self.k), self.prob.P, np.int64)  # first column of each (P = none)
+        # fast mode's certificate: the largest unseen score below uv[:, 0] (exact mode uses uv[:, -1])
+        self.u2 = None if exact else np.full(n, -np.inf, self.dt)
+        self._res: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # sample -> (record v, record j, #cols)
+        self._res_state: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # compiled, see _resolved
 
     def _update_unseen(
         self, x: np.ndarray, r: Any, row_ids: np.ndarray, col_ids: np.ndarray, loc: np.ndarray
     ) -> None:
+        self._res_state = None
         xu = np.take(x, loc, axis=1)
         if self.k == 1:
             a = np.argmax(xu, 1)
-            v = xu[np.arange(xu.shape[0]), a][:, None]
-            pos = a[:, None]
-            top = v[:, 0]
-        else:
-            v, pos, top = _block_distinct_topk(xu, self.k)
+            v = xu[np.arange(xu.shape[0]), a]
+            self._check_finite(v, row_ids)
+            # the block's second-largest distinct score; with the merge below the certificate stays exact
+            below = np.where(xu < v[:, None], xu, xu.dtype.type(-np.inf)).max(1).astype(self.dt)
+            v = v.astype(self.dt)
+            j = col_ids[loc[a]]
+            u0, p0 = self.uv[r, 0], self.ui[r, 0]
+            upd = _better(v, j, u0, p0)
+            top = np.where(upd, v, u0)
+            lose = np.where(upd, u0, v)  # the other side's maximum: below the new one unless equal
+            u2 = self.u2
+            assert u2 is not None  # fast mode
+            u2[r] = np.maximum(np.maximum(u2[r], below), np.where(lose < top, lose, -np.inf))
+            self.uv[r, 0] = top
+            self.ui[r, 0] = np.where(upd, j, p0)
+            return
+        v, pos, top = _block_distinct_topk(xu, self.k)
         self._check_finite(top, row_ids)
         j = np.where(pos >= 0, col_ids[loc[np.maximum(pos, 0)]], self.prob.P)
         v = v.astype(self.dt)
-        if self.k == 1:
-            upd = _better(v[:, 0], j[:, 0], self.uv[r, 0], self.ui[r, 0])
-            self.uv[r, 0] = np.where(upd, v[:, 0], self.uv[r, 0])
-            self.ui[r, 0] = np.where(upd, j[:, 0], self.ui[r, 0])
-        else:
-            self.uv[r], self.ui[r] = _distinct_topk(
-                np.concatenate([self.uv[r], v], 1), np.concatenate([self.ui[r], j], 1), self.k, self.prob.P
+        self.uv[r], self.ui[r] = _distinct_topk(
+            np.concatenate([self.uv[r], v], 1), np.concatenate([self.ui[r], j], 1), self.k, self.prob.P
+        )
+
+    def resolve(self, scores: Any, rows: Any, cols: Any = None) -> None:
+        """Recompute samples from their full rows: ``scores[i, c]`` is the score of sample ``rows[i]`` for column
+        ``cols[c]`` (selectors as in :meth:`update`; the same values as streamed). Over one or more calls, every
+        unseen eval-mask column of each such sample must arrive exactly once (other columns are ignored). A
+        resolved sample is exact at every bias; usually the rows to resolve are ``result().ambiguous_samples``.
+        """
+        prob = self.prob
+        x, r, nr, c, nc = self._block(scores, rows, cols)
+        if nr == 0:
+            return
+        col_ids = np.arange(c.start, c.stop) if isinstance(c, slice) else c
+        row_ids = np.arange(r.start, r.stop) if isinstance(r, slice) else r
+        pos = np.flatnonzero(prob.unseen_eval[col_ids])
+        pos = pos[np.argsort(col_ids[pos], kind="stable")]  # pairs order
+        xu = np.take(x, pos, axis=1).astype(self.dt, copy=False)
+        ju = col_ids[pos]
+        bad = np.isnan(xu) | np.isposinf(xu)
+        if bad.any():
+            n = int(row_ids[np.flatnonzero(bad.any(1))[0]])
+            raise DataFormatError(
+                f"scores: sample {n} has a NaN or +inf score in an evaluated column (scores must be finite)"
             )
+        rec = _record_mask(xu)
+        self._res_state = None
+        for i, n in enumerate(row_ids.tolist()):
+            v, j = xu[i, rec[i]], ju[rec[i]]
+            old = self._res.get(n)
+            if old is None:
+                self._res[n] = (v, j, pos.size)
+            else:
+                vv, jj = np.concatenate([old[0], v]), np.concatenate([old[1], j])
+                o = np.argsort(jj, kind="stable")
+                vv, jj = vv[o], jj[o]
+                keep = _record_mask(vv[None])[0]  # records of a union = records of the parts' records
+                self._res[n] = (vv[keep], jj[keep], old[2] + pos.size)
+
+    def _resolved(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(rows, V, J)``: the resolved samples and their records padded to a rectangle (``-inf`` / ``P``)."""
+        if self._res_state is not None or not self._res:
+            return self._res_state
+        prob = self.prob
+        n_un = int(prob.unseen_eval.sum())
+        rows = np.array(sorted(self._res), np.int64)
+        width = max(1, max(e[0].size for e in self._res.values()))
+        V = np.full((rows.size, width), -np.inf, self.dt)
+        J = np.full((rows.size, width), prob.P, np.int64)
+        for i, n in enumerate(rows.tolist()):
+            v, j, got = self._res[n]
+            if got != n_un:
+                raise DataFormatError(
+                    f"resolve: sample {n} received {got} unseen candidate column scores, expected {n_un} "
+                    "(every unseen eval-mask column once)"
+                )
+            top = v[-1] if v.size else -np.inf  # the last record is the row maximum at its first column
+            if top != self.uv[n, 0] or (v.size and j[-1] != self.ui[n, 0]):
+                raise DataFormatError(
+                    f"resolve: sample {n}'s best unseen score {top} differs from the streamed one "
+                    f"{self.uv[n, 0]} (or its column does): resolve needs the same scores as update"
+                )
+            V[i, : v.size], J[i, : j.size] = v, j
+        self._res_state = (rows, V, J)
+        return self._res_state
+
+    def _last(self) -> np.ndarray:
+        """Every unseen score not stored is <= this (the certificate's bound)."""
+        return self.uv[:, -1] if self.u2 is None else self.u2
 
     def predict(self, bias: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Top-1 eval-masked column per sample at ``bias`` (added in the evaluator's dtype).
 
         Returns ``(pred, ambiguous, uncertain)``: ``pred`` (N,) int64 column (the best guess where undetermined);
         ``ambiguous`` (N,) bool: correctness may differ from the reference (rounding merge not settled by the
-        stored candidates); ``uncertain`` (N,) bool: the predicted column itself may differ. Both ``None``
-        outside exact mode."""
+        stored candidates and the sample not resolved); ``uncertain`` (N,) bool: the predicted column itself may
+        differ."""
         self._check_complete()
-        return _predict(self, self.uv, self.ui, bias)
+        return _predict(self, self.uv, self.ui, bias, self._last(), self._resolved())
 
-    def result(self) -> CZSLResult:
-        """The full bias-sweep result from the accumulated state (the stream may continue afterwards)."""
+    def result(self, rescore: Callable[[np.ndarray], Any] | None = None) -> CZSLResult:
+        """The full bias-sweep result from the accumulated state (the stream may continue afterwards).
+
+        ``rescore``: resolves flagged samples until none is left (the numbers then equal the reference's).
+        ``rescore(rows)`` returns the scores of samples ``rows`` for every column (``len(rows) x P``) or a pair
+        ``(scores, cols)`` as :meth:`resolve` takes. Without it, flagged samples are reported in
+        ``n_ambiguous``."""
         self._check_complete()
-        return _evaluate_state(self, self.uv, self.ui, self.attr_obj)
+        while True:
+            res = _evaluate_state(self, self.uv, self.ui, self.attr_obj, self._last(), self._resolved())
+            if rescore is None or not res.n_ambiguous:
+                return res
+            rows = res.ambiguous_samples
+            assert rows is not None
+            out = rescore(rows.copy())
+            scores, cols = out if isinstance(out, tuple) else (out, None)
+            self.resolve(scores, rows, cols)
+
+
+def _record_mask(x: np.ndarray) -> np.ndarray:
+    """Per row, the entries greater than every entry before them. The first column whose biased score reaches
+    the biased row maximum is always such a record (``fl(x + b)`` is monotone), for every bias."""
+    rec = np.zeros(x.shape, bool)
+    if x.shape[1]:
+        rec[:, 0] = x[:, 0] > -np.inf
+        rec[:, 1:] = x[:, 1:] > np.maximum.accumulate(x, axis=1)[:, :-1]
+    return rec
 
 
 def _predict(
-    st: _Stream, uv: np.ndarray, ui: np.ndarray, bias: float
+    st: _Stream,
+    uv: np.ndarray,
+    ui: np.ndarray,
+    bias: float,
+    last: np.ndarray | None = None,
+    res: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``last``: every unseen score not in ``uv`` is <= it (``None``: not checked); ``res``: resolved samples."""
     prob, dt = st.prob, st.dt
     b = dt(bias)
     t = uv[:, 0] + b  # fl(u + b): the biased unseen maximum (Lemma 1)
     seen_w, unseen_w = st.s > t, t > st.s
     tie = ~seen_w & ~unseen_w
-    k = uv.shape[1]
-    if k == 1:
-        pub = ui[:, 0]
+    if uv.shape[1] == 1:
+        pub = ui[:, 0].copy()
     else:
-        vb = uv + b
-        pub = np.where(vb == t[:, None], ui, prob.P).min(1)  # first stored column rounding onto fl(u + b)
+        pub = np.where(uv + b == t[:, None], ui, prob.P).min(1)  # first stored column rounding onto fl(u + b)
+    unc = None
+    if last is not None:
+        # unsettled: a column not stored (score <= last) might round onto fl(u + b) with a smaller index
+        unc = ~seen_w & ~((last + b) < t)
+        if res is not None:
+            rr, V, J = res
+            pub[rr] = np.where(V + b == t[rr, None], J, prob.P).min(1)  # exact: the first record reaching it
+            unc[rr] = False
     pred = np.where(seen_w, st.ps, np.where(unseen_w, pub, np.minimum(st.ps, pub)))
-    if k == 1:
+    if unc is None:
         return pred, None, None
-    # unsettled: a column not stored (score < k-th stored) might round onto fl(u + b) with a smaller index
-    unc = ~seen_w & ~(vb[:, -1] < t)
     y, ps = prob.y, st.ps
     gt_in = prob.unseen_eval[y] & ((st.g + b) == t)  # unseen GT rounds onto the winning value
     amb_unseen = unc & ~prob.seen_sample & gt_in & (y <= pub) & ~(tie & (ps < y))
@@ -516,15 +654,22 @@ def _hm(s: float, u: float) -> float:
     return 2.0 * s * u / (s + u) if s > 0 and u > 0 else 0.0
 
 
-def _evaluate_state(st: _Stream, uv: np.ndarray, ui: np.ndarray, attr_obj: str) -> CZSLResult:
+def _evaluate_state(
+    st: _Stream,
+    uv: np.ndarray,
+    ui: np.ndarray,
+    attr_obj: str,
+    last: np.ndarray | None = None,
+    res: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> CZSLResult:
     prob, dt = st.prob, st.dt
     seen_s, unseen_s = prob.seen_sample, ~prob.seen_sample
     n_seen, n_unseen = int(seen_s.sum()), int(unseen_s.sum())
-    check = uv.shape[1] > 1
+    check = last is not None
     amb_any = np.zeros(prob.N, bool)
 
     def point(b: float) -> tuple[float, float, int, np.ndarray, np.ndarray | None]:
-        pred, amb, unc = _predict(st, uv, ui, b)
+        pred, amb, unc = _predict(st, uv, ui, b, last, res)
         ok = pred == prob.y
         na = 0
         if amb is not None:
@@ -591,6 +736,7 @@ def _evaluate_state(st: _Stream, uv: np.ndarray, ui: np.ndarray, attr_obj: str) 
         n_ambiguous=None if amb_idx is None else int(amb_idx.size),
         ambiguous_samples=amb_idx,
         ambiguous_per_point=np.array(amb_c, np.int64) if check else None,
+        n_resolved=0 if res is None else int(res[0].size),
     )
 
 
@@ -620,7 +766,8 @@ def evaluate_scores(
 ) -> CZSLResult:
     """Evaluate a dense ``N x P`` score matrix (numpy or torch, any device) by streaming it in blocks of
     ``chunk_rows x chunk_cols`` (``None`` = whole extent). Same arguments and result as
-    :class:`StreamingEvaluator`; the numbers do not depend on the block sizes."""
+    :class:`StreamingEvaluator`; the numbers do not depend on the block sizes. Exact mode resolves every flagged
+    sample from its row of ``scores`` (``n_ambiguous == 0``: the reference's numbers); fast mode flags them."""
     ev = StreamingEvaluator(
         pairs,
         seen_mask,
@@ -641,7 +788,23 @@ def evaluate_scores(
     for rs in _blocks(ev.prob.N, chunk_rows):
         for cs in _blocks(ev.prob.P, chunk_cols):
             ev.update(scores[rs, cs], rs, cs)
-    return ev.result()
+    res = ev.result()
+    while exact and res.n_ambiguous:  # resolving may move the candidate biases and flag other samples
+        flagged = res.ambiguous_samples
+        assert flagged is not None
+        for i in range(0, flagged.size, chunk_rows or flagged.size):
+            rows = flagged[i : i + (chunk_rows or flagged.size)]
+            for cs in _blocks(ev.prob.P, chunk_cols):
+                ev.resolve(_take_rows(scores, rows, cs), rows, cs)
+        res = ev.result()
+    return res
+
+
+def _take_rows(scores: Any, rows: np.ndarray, cols: slice) -> Any:
+    """``scores[rows, cols]`` for a numpy array or a torch tensor on any device (only that block is copied)."""
+    if isinstance(scores, torch.Tensor):
+        return scores[:, cols][torch.from_numpy(rows).to(scores.device)]
+    return scores[:, cols][rows]
 
 
 # --------------------------------------------------------------------------------------------- open world
