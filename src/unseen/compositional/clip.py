@@ -2,8 +2,10 @@
 zero-shot CLIP.
 
 Model construction
-    :func:`create_clip` builds any open_clip architecture with weights from a local file (or an open_clip
-    pretrained tag where the machine is online), frozen and in eval mode. Two small architectures ship with the
+    :func:`create_clip` builds any open_clip architecture, frozen and in eval mode, with weights from a local
+    file (OpenAI's TorchScript ``.pt``, open_clip ``.bin`` / ``.pt``, ``.safetensors``), a Hugging Face hub cache
+    (``hf-hub:<org>/<name>``, offline with ``HF_HUB_OFFLINE=1``) or an open_clip pretrained tag where the machine
+    is online; the file's architecture is checked against the requested one. Two small architectures ship with the
     package (``clip_configs/``): ``unseen-tiny-clip`` (the embedded benchmark's CLIP, pretrained on CPU in a
     minute) and ``unseen-test-clip`` (random weights, unit tests). They use the standard BPE tokenizer (vocabulary
     49,408) and a context length of 16.
@@ -47,9 +49,11 @@ Shared model interface (:class:`FrozenClipCZSL`, implemented by ``zeroshot_clip`
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -122,44 +126,151 @@ def _install_stem(model: nn.Module, arch: str) -> None:
         )
 
 
+OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")  # in OpenAI's files, not model tensors
+OPEN_CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's names
+OPEN_CLIP_HUB_CONFIG = "open_clip_config.json"
+
+
 def create_clip(
     arch: str, weights: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> nn.Module:
-    """An open_clip model of architecture ``arch`` with weights from ``weights`` (a local file; ``None`` = random
-    init; ``"openai"``/other open_clip tags = the library's source, needs internet). Frozen, in eval mode."""
+    """An open_clip model of architecture ``arch``, frozen and in eval mode, with weights from ``weights``:
+
+    - ``None``: random init;
+    - a local file: OpenAI's TorchScript ``.pt`` (tensors read without running the archive; its
+      ``input_resolution`` / ``context_length`` / ``vocab_size`` entries dropped, as open_clip's OpenAI loader
+      does), an open_clip ``.bin`` / ``.pt`` state dict or checkpoint, or ``.safetensors``;
+    - ``hf-hub:<org>/<name>``: ``open_clip_model.safetensors`` (else ``open_clip_pytorch_model.bin``) of that hub
+      repository, from the Hugging Face cache (``HF_HUB_CACHE``; nothing is downloaded with ``HF_HUB_OFFLINE=1``);
+    - another string (``"openai"``, ``"laion2b_s32b_b82k"``): open_clip's own source (needs internet).
+
+    The file must hold ``arch``: a different architecture (e.g. ViT-B/16 weights for ``ViT-L-14``) is a
+    :class:`~unseen.backbones.WeightsError` naming both; weights trained with the other activation (QuickGELU for
+    OpenAI's) are loaded with a warning."""
     import open_clip
 
+    from unseen.backbones import HUB_PREFIX, WeightsError, hub_file, is_torchscript_archive, read_state_dict
+
     register_tiny_configs()
-    path = None
-    if weights is not None and (Path(str(weights)).suffix or Path(str(weights)).exists()):
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"CLIP weights {path}: file not found")
-        if re.match(r"^(ViT|RN)", arch) and "quickgelu" not in arch.lower():
-            log.warning(
-                "CLIP %s from the local file %s uses GELU; OpenAI weights need QuickGELU: use '%s-quickgelu'",
-                arch,
-                path,
-                arch,
-            )
+    path: Path | None = None
+    trained_act: str | None = None  # the activation the weights were trained with, where the file says
+    text = str(weights) if weights is not None else ""
+    if text.startswith(HUB_PREFIX):
+        path = hub_file(text, OPEN_CLIP_HUB_FILES)
+        config = hub_file(text, (OPEN_CLIP_HUB_CONFIG,), required=False)
+        if config is not None:
+            try:
+                model_cfg = json.loads(config.read_text()).get("model_cfg", {})
+            except (OSError, ValueError, AttributeError) as exc:
+                raise WeightsError(f"{config}: expected a JSON object with a 'model_cfg' ({exc})") from exc
+            trained_act = "QuickGELU" if model_cfg.get("quick_gelu", False) else "GELU"  # open_clip's default
+    elif weights is not None and (Path(text).suffix or Path(text).exists()):
+        path = Path(text)
     root = logging.getLogger()
-    quiet = _DropNotice(
-        "No pretrained weights loaded"
-    )  # open_clip's notice: random init is asked for, or the
-    root.addFilter(quiet)  # local weights are loaded just below
+    # open_clip's notice when it initialises randomly: asked for, or the weights are loaded below
+    quiet = _DropNotice("No pretrained weights loaded")
+    root.addFilter(quiet)
     try:
-        model = open_clip.create_model(arch, pretrained=None if path else weights, device=device)
+        model = open_clip.create_model(
+            arch, pretrained=None if (path or weights is None) else text, device=device
+        )
     finally:
         root.removeFilter(quiet)
     _install_stem(model, arch)
     if path is not None:
-        from unseen.backbones import load_weights
+        state = read_state_dict(path)
+        if is_torchscript_archive(path) or any(k in state for k in OPENAI_METADATA):
+            trained_act = "QuickGELU"  # an OpenAI file: all OpenAI CLIPs were trained with QuickGELU
+            state = {k: v for k, v in state.items() if k not in OPENAI_METADATA}
+        check_clip_architecture(state, model, arch, path)
+        _check_activation(model, arch, path, trained_act)
+        from unseen.backbones import load_state
 
-        load_weights(model, path)
+        load_state(model, state, path, ignore=(), what=f"CLIP '{arch}'")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def describe_clip_state(state: Mapping[str, Tensor]) -> str:
+    """The architecture a CLIP state dict (open_clip / OpenAI names) holds, from tensor shapes: e.g. ``ViT/14
+    vision (width 1024, 24 blocks, 224 px), text (width 768, 12 blocks, context 77), embedding 768``."""
+
+    def blocks(prefix: str) -> int:
+        return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
+
+    def dim(key: str, axis: int) -> str:
+        return str(state[key].shape[axis]) if key in state and state[key].dim() > axis else "?"
+
+    parts = []
+    if "visual.class_embedding" in state:  # a ViT
+        conv = state.get("visual.conv1.weight")
+        patch = int(conv.shape[-1]) if conv is not None and conv.dim() == 4 else 0
+        tokens = (
+            int(state["visual.positional_embedding"].shape[0])
+            if "visual.positional_embedding" in state
+            else 0
+        )
+        size = f", {patch * math.isqrt(tokens - 1)} px" if patch and tokens > 1 else ""
+        parts.append(
+            f"ViT{f'/{patch}' if patch else ' (conv stem)'} vision (width {dim('visual.class_embedding', 0)}, "
+            f"{blocks('visual.transformer.resblocks.')} blocks{size})"
+        )
+    elif any(k.startswith("visual.layer1.") for k in state):  # OpenAI's modified ResNet
+        layers = "-".join(str(blocks(f"visual.layer{i}.")) for i in range(1, 5))
+        parts.append(f"ResNet vision (blocks {layers}, width {dim('visual.layer1.0.conv1.weight', 0)})")
+    if "token_embedding.weight" in state:
+        parts.append(
+            f"text (width {dim('token_embedding.weight', 1)}, {blocks('transformer.resblocks.')} blocks, "
+            f"context {dim('positional_embedding', 0)})"
+        )
+    if "text_projection" in state:
+        parts.append(f"embedding {dim('text_projection', 1)}")
+    return ", ".join(parts) or "no CLIP tensors"
+
+
+def check_clip_architecture(
+    state: Mapping[str, Tensor], model: nn.Module, arch: str, source: str | Path
+) -> None:
+    """Raise a WeightsError naming both architectures unless ``state`` has ``model``'s architecture (``arch``)."""
+    from unseen.backbones import WeightsError
+
+    held, wanted = describe_clip_state(state), describe_clip_state(model.state_dict())
+    if held != wanted:
+        raise WeightsError(
+            f"{source}: holds a CLIP with {held}; the architecture '{arch}' is {wanted} "
+            "(set model.clip_arch to the file's architecture)"
+        )
+
+
+def _activation(model: nn.Module) -> str | None:
+    names = {type(m).__name__ for m in model.modules()}
+    return "QuickGELU" if "QuickGELU" in names else "GELU" if "GELU" in names else None
+
+
+def _check_activation(model: nn.Module, arch: str, source: Path, trained: str | None) -> None:
+    """Warn when the weights were trained with another activation than the model's: no parameter tells QuickGELU
+    from GELU, so such weights load, and give slightly wrong features."""
+    used = _activation(model)
+    if trained is not None and used is not None and trained != used:
+        other = f"{arch}-quickgelu" if trained == "QuickGELU" else arch.removesuffix("-quickgelu")
+        hint = (
+            f"'{other}'"
+            if other != arch
+            else f"an architecture config with quick_gelu={trained == 'QuickGELU'}"
+        )
+        log.warning(
+            "CLIP weights %s were trained with %s but '%s' uses %s: use %s", source, trained, arch, used, hint
+        )
+    elif trained is None and used == "GELU" and re.match(r"^(ViT|RN)", arch):
+        # a plain state dict does not say; OpenAI's ViT/RN weights are the common case that needs QuickGELU
+        log.warning(
+            "CLIP %s from the local file %s uses GELU; OpenAI weights need QuickGELU: use '%s-quickgelu'",
+            arch,
+            source,
+            arch,
+        )
 
 
 class _DropNotice(logging.Filter):
