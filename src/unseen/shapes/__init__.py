@@ -1,7 +1,8 @@
 """The embedded benchmark: procedurally rendered worlds exported to the real benchmarks' on-disk layouts.
 
 - :mod:`unseen.shapes.render`: drawing primitives (shapes, colours, patterns, clutter), shared by the worlds.
-- :mod:`unseen.shapes.common`: what every world shares (atomic export, reuse checks, fingerprints, word vectors).
+- :mod:`unseen.shapes.common`: what every world shares (atomic export, reuse checks, content and pixel
+  fingerprints, the versions that drew a world, word vectors).
 - :mod:`unseen.shapes.attribute_world`: species with part-located attributes, exported in the xlsa17 layout.
 - :mod:`unseen.shapes.multilabel_world`: cluttered multi-object scenes, exported in the NUS-WIDE / BiAM layout.
 - :mod:`unseen.shapes.compositional_world`: (state, object) pairs, exported in the czsl layout.
@@ -27,10 +28,14 @@ from unseen.shapes.attribute_world import (
 )
 from unseen.shapes.common import (
     WorldExistsError,
+    check_render_stack,
+    content_files,
     existing_world,
     load_world_meta,
+    pixel_fingerprint,
     verify_world,
     world_fingerprint,
+    world_record,
     write_folder_atomically,
 )
 from unseen.shapes.render import COLOURS, PATTERNS, SHAPES, draw_object, jitter_colour, shape_polygon
@@ -49,16 +54,20 @@ __all__ = [
     "attribute_names",
     "attribute_word_vectors",
     "build_attribute_world",
+    "check_render_stack",
+    "content_files",
     "draw_object",
     "existing_world",
     "export_attribute_world",
     "jitter_colour",
     "load_world_meta",
+    "pixel_fingerprint",
     "render_species",
     "sample_grid",
     "shape_polygon",
     "verify_attribute_world",
     "verify_world",
     "world_fingerprint",
+    "world_record",
     "write_folder_atomically",
 ]

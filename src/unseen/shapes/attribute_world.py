@@ -16,7 +16,7 @@ value of some training class: they are new combinations of known attribute value
 :func:`export_attribute_world` writes the world to disk exactly in the xlsa17 layout (``att_splits.mat`` with
 1-based uint16 locs, ``image_list.json`` in the 0-based fixture layout, the class lists, ``SHAPES_attribute.npy``
 word vectors, ``attributes.txt``), plus ``pretrain/`` (disjoint species for pretraining a backbone) and
-``world.json`` (config, class descriptions, version, content fingerprint).
+``world.json`` (config, class descriptions, version, content and pixel fingerprints, the versions that drew it).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from unseen.shapes.common import (
     existing_world,
     verify_world,
     word_vector,
-    world_fingerprint,
+    world_record,
     write_folder_atomically,
 )
 from unseen.shapes.render import (
@@ -551,7 +551,19 @@ def _loc(idx: list[int]) -> np.ndarray:
 
 
 def _existing_world(out_dir: Path, cfg: AttributeWorldConfig) -> bool:
-    return existing_world(out_dir, "attribute", WORLD_VERSION, to_dict(cfg), _REQUIRED)
+    return existing_world(
+        out_dir, "attribute", WORLD_VERSION, to_dict(cfg), _REQUIRED, samples=lambda: _samples(cfg)
+    )
+
+
+def _samples(cfg: AttributeWorldConfig, n: int = 8) -> dict[str, Image.Image]:
+    """The first image of the first ``n`` classes, drawn now (to compare with a stored world)."""
+    world = build_attribute_world(cfg)
+    out = {}
+    for c, sp in enumerate(world.classes[:n]):
+        rng = _image_rng(cfg, 1, c, 0)  # as _write_world draws image 1 of class c
+        out[f"images/{sp.name}/{sp.name}_0001.png"] = render_species(sample_attributes(sp, rng), cfg, rng)
+    return out
 
 
 def verify_attribute_world(root: str | os.PathLike[str]) -> str:
@@ -696,14 +708,14 @@ def _write_world(root: Path, world: AttributeWorld) -> None:
     )
 
     written = sorted(image_files + pre_files + list(_REQUIRED))
-    fingerprint = world_fingerprint(root, written)
+    record = world_record(root, written)  # fingerprints and versions
     atomic_write_json(
         root / "world.json",
         {
             "version": WORLD_VERSION,
             "dataset": DATASET_NAME,
             "config": to_dict(cfg),
-            "fingerprint": fingerprint,
+            **record,
             "counts": {
                 "classes": C,
                 "seen": len(world.seen),

@@ -23,7 +23,7 @@ least ``min_train_pairs_per_primitive`` train pairs.
       pretrain/images/<state>_<object>/<nnnn>.png              extra renders of TRAIN pairs (CLIP pretraining)
       pretrain/pretrain_list.json                              {"images": [...], "attrs": [...], "objs": [...]}
       world.json                                               version, config (seed included), names, counts,
-                                                               pair roles, fingerprint, file list
+                                                               pair roles, fingerprints, versions, file list
 
 Names use ``_`` and ``.`` as the real datasets do (``sky_blue``, ``polka.dotted``, ``plus.sign``), and the
 metadata carries a few entries the reader must skip (``set == 'NA'``; ``attr == 'NA'``), as MIT-States does.
@@ -41,12 +41,11 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from unseen.config import to_dict
 from unseen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, cache_root, short_hash
-from unseen.shapes.common import existing_world, verify_world, world_fingerprint, write_folder_atomically
+from unseen.shapes.common import existing_world, verify_world, world_record, write_folder_atomically
 from unseen.shapes.render import (
     COLOURS,
     add_clutter,
@@ -597,7 +596,21 @@ _REQUIRED = (
 
 
 def _existing_world(out_dir: Path, cfg: CompositionalWorldConfig) -> bool:
-    return existing_world(out_dir, "compositional", WORLD_VERSION, to_dict(cfg), _REQUIRED)
+    return existing_world(
+        out_dir, "compositional", WORLD_VERSION, to_dict(cfg), _REQUIRED, samples=lambda: _samples(cfg)
+    )
+
+
+def _samples(cfg: CompositionalWorldConfig, n: int = 8) -> dict[str, Image.Image]:
+    """The first training image of the first ``n`` train pairs, drawn now (to compare with a stored world)."""
+    world = build_compositional_world(cfg)
+    # train images are drawn first, so image 0 of a train pair is its folder's 0001.png
+    return {
+        f"images/{s}_{o}/0001.png": render_pair(
+            s, o, cfg, _image_rng(cfg, "train", s, o, 0), world.states, world.objects
+        )
+        for s, o in world.train_pairs[:n]
+    }
 
 
 def export_compositional_world(
@@ -679,6 +692,8 @@ def _write_world(root: Path, world: CompositionalWorld) -> None:
             )
     order = _spec_rng(cfg, 2).permutation(len(meta))  # real metadata files are not grouped by set
     meta = [meta[i] for i in order]
+    import torch  # only here: rendering needs no torch (checks of the render stack run without it)
+
     buf = io.BytesIO()
     torch.save(meta, buf)
     atomic_write_bytes(root / f"metadata_{SPLIT_NAME}.t7", buf.getvalue())
@@ -722,7 +737,7 @@ def _write_world(root: Path, world: CompositionalWorld) -> None:
             "split": SPLIT_NAME,
             "seed": cfg.seed,
             "config": to_dict(cfg),
-            "fingerprint": world_fingerprint(root, written),
+            **world_record(root, written),  # fingerprints and versions
             "states": [{"name": s, "family": state_family(s)} for s in world.states],
             "objects": [{"name": o, "family": object_family(o)} for o in world.objects],
             "compatible_families": sorted([list(p) for p in COMPATIBLE]),

@@ -29,9 +29,10 @@ every seen category plus a ``taglist_unseen_fraction`` share of the unseen ones,
 with names relative to ``images/``, ``train_labels.npy`` (N_train x n_seen int8, name-list order),
 ``test_labels.npy`` (N_test x (n_seen + n_unseen) int8, ``[seen | unseen]``), ``ground_truth.npz`` (the clean labels
 of every image over all categories and the visible fractions), ``world.json`` (config, seed, categories, counts,
-split rule, content fingerprint) and ``README.md``. The multi-label reader maps names to h5 keys
-(``train/000001.png`` -> ``train_000001.png``). The validation split is BiAM's: the last ``val_fraction`` of the
-training names. :func:`default_world_root` is the world's cache folder under ``$UNSEEN_CACHE``.
+split rule, content and pixel fingerprints, the versions that drew it) and ``README.md``. The multi-label reader
+maps names to h5 keys (``train/000001.png`` -> ``train_000001.png``). The validation split is BiAM's: the last
+``val_fraction`` of the training names. :func:`default_world_root` is the world's cache folder under
+``$UNSEEN_CACHE``.
 
 This module only renders and exports data; the demo's feature extractor (a small CNN trained on the seen labels,
 and the BiAM h5 features extracted with it) is built by the multi-label setting's ``prepare_multilabel_world``.
@@ -57,7 +58,7 @@ from unseen.shapes.common import (
     existing_world,
     verify_world,
     word_vector,
-    world_fingerprint,
+    world_record,
     write_folder_atomically,
 )
 from unseen.shapes.render import (
@@ -517,8 +518,23 @@ def image_name(split: str, i: int) -> str:
 
 def _existing_world(out_dir: Path, cfg: MultilabelWorldConfig) -> bool:
     return existing_world(
-        out_dir, "multi-label", WORLD_VERSION, to_dict(cfg), _REQUIRED, with_listed_files=True
+        out_dir,
+        "multi-label",
+        WORLD_VERSION,
+        to_dict(cfg),
+        _REQUIRED,
+        with_listed_files=True,
+        samples=lambda: _samples(cfg),
     )
+
+
+def _samples(cfg: MultilabelWorldConfig, n: int = 8) -> dict[str, Image.Image]:
+    """The first ``n`` training images, drawn now (to compare with a stored world)."""
+    world = build_multilabel_world(cfg)
+    return {
+        f"{IMAGE_DIR}/{image_name('train', i)}": render_image(world, "train", i)[0]
+        for i in range(min(n, cfg.n_train))
+    }
 
 
 def export_multilabel_world(
@@ -691,7 +707,7 @@ def _write_world(root: Path, world: MultilabelWorld, workers: int = 1) -> None:
     }
     atomic_write_text(root / "README.md", _readme(meta))
     meta["files"] = sorted(files)
-    meta["fingerprint"] = world_fingerprint(root, sorted(files + list(_REQUIRED)))
+    meta.update(world_record(root, files + list(_REQUIRED)))  # fingerprints and versions
     atomic_write_json(root / "world.json", meta)
 
 

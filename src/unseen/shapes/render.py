@@ -11,6 +11,12 @@ supersampled resolution that :func:`finish_image` reduces to the final size. Coo
 
 Nothing here knows about attributes or classes; the worlds (``attribute_world.py``, ``multilabel_world.py``,
 ``compositional_world.py``) decide what to draw.
+
+Pillow draws the coverage masks (``ImageDraw.polygon`` / ``line``) and resizes (``BICUBIC`` background, ``BOX``
+reduction); everything else is NumPy on a seeded ``np.random.Generator``. The pixels depend on the Pillow release:
+its polygon fill changed in 9.5.0, 11.1.0 and 11.2.1 (9.3-9.4, 9.5-11.0, 11.1 and 11.2.1-13.0 draw four different
+sets of images, a few edge pixels per object; 11.2.1-13.0 are identical), while NumPy 1.24-2.4 give the same
+pixels. ``tests/test_fingerprints.py`` pins them.
 """
 
 from __future__ import annotations
@@ -264,7 +270,7 @@ def background(
     grid = rng.normal(0.0, 0.07, size=(blotches, blotches, 3))
     low = (
         np.asarray(
-            Image.fromarray(((grid + 0.5).clip(0, 1) * 255).astype(np.uint8), "RGB").resize(
+            Image.fromarray(((grid + 0.5).clip(0, 1) * 255).astype(np.uint8)).resize(
                 (size, size), Image.BICUBIC
             ),
             dtype=np.float32,
@@ -343,7 +349,8 @@ def finish_image(
     ``noise``, ``brightness``, ``contrast``: standard deviations in [0, 1] intensity units / relative units.
     """
     c = np.clip(canvas, 0.0, 1.0)
-    img = Image.fromarray((c * 255.0 + 0.5).astype(np.uint8), "RGB")
+    # no mode argument: an H x W x 3 uint8 array is RGB, and Pillow >= 11.3 deprecates passing it
+    img = Image.fromarray((c * 255.0 + 0.5).astype(np.uint8))
     if img.size != (out_size, out_size):
         img = img.resize((out_size, out_size), Image.BOX)
     x = np.asarray(img, dtype=np.float32) / 255.0
@@ -351,7 +358,7 @@ def finish_image(
     x = (x - 0.5) * gain + 0.5 + rng.normal(0.0, brightness)
     if noise > 0:
         x = x + rng.normal(0.0, noise, size=x.shape).astype(np.float32)
-    return Image.fromarray((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), "RGB")
+    return Image.fromarray((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
 
 
 def image_grid(
