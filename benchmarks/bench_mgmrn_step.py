@@ -6,7 +6,14 @@ release: forward, loss, backward, step per level). Runs are interleaved and the 
 
 Part 2 — time of one training epoch over N images: end to end (backbone fine-tuned, images decoded and
 transformed) vs frozen backbone with its maps read from a feature cache (the one-off cache build reported
-apart).
+apart). End-to-end and cached epochs are interleaved (e2e, cached, e2e, ...).
+
+Part 0 — the FLOP model (printed first, ``--no-flops`` skips it; meta tensors, no compute):
+multiply-accumulates per image of each variant, counted by ``torch.utils.flop_counter`` over forward + backward
+of the real model. Its ratios are what the measured ratios tend to when the convolutions dominate and backward
+costs 2x forward (it costs more on CPU, so the measured step ratio lands a little below it). Faster kernels
+(channels_last, bf16) speed up every variant alike; only removing arithmetic from one variant moves these
+ratios. ``--profile`` prints the operator table of one joint step.
 
     python benchmarks/bench_mgmrn_step.py                      # CPU-sized defaults
     python benchmarks/bench_mgmrn_step.py --backbone resnet101 --image-size 448 --width 2048 --model-dim 1024 \
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -27,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from unseen.attribute.mgmrn import MgMRN, MgMRNConfig
 from unseen.features import FeatureCache, PackedMaps, extract, provenance
@@ -115,6 +124,76 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict:
     return out
 
 
+def flop_model(args: argparse.Namespace) -> dict:
+    """GMAC per image of each variant (forward + backward, no optimizer), counted on meta tensors.
+
+    A stand-in loss (sum of the level's scores and predictions) replaces the real one, whose target check reads
+    values; the backward through the network is the same, the loss itself is a few kFLOPs.
+    """
+    n_attr, n_cls = args.attributes, args.classes
+    with torch.device("meta"):
+        model = make_model(args, "joint", n_attr).train()
+        x = torch.randn(1, 3, args.image_size, args.image_size)
+        attrs = torch.rand(n_cls, n_attr)
+
+    def stand_in(out: dict, idx: list[int]) -> torch.Tensor:
+        return sum(out["level_scores"][i].sum() + out["attr_preds"][i].sum() for i in idx)  # type: ignore[return-value]
+
+    def gmac(fn) -> float:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return fc.get_total_flops() / 2e9
+
+    every = list(range(len(model.levels)))
+
+    def release() -> None:  # a full forward per level, that level's loss backward
+        for i in every:
+            stand_in(model(x, attrs), [i]).backward()
+
+    def pruned() -> None:
+        for i in every:
+            stand_in(model(x, attrs, levels=[i]), [0]).backward()
+
+    out = {
+        "forward": gmac(lambda: model(x, attrs)),
+        "backbone_forward": gmac(lambda: model.backbone(x)),
+        "joint": gmac(lambda: stand_in(model(x, attrs), every).backward()),
+        "release": gmac(release),
+        "sequential": gmac(pruned),
+    }
+    with torch.device("meta"):
+        maps = [m.detach() for m in model.backbone(x)]
+    model.backbone = PackedMaps([m.shape[1:] for m in maps], model.backbone.out_channels)
+    flat = torch.cat([m.flatten(1) for m in maps], dim=1)
+    out["cached_joint"] = gmac(lambda: stand_in(model(flat, attrs), every).backward())
+    out["ceiling_joint_over_release"] = out["release"] / out["joint"]
+    out["ceiling_joint_over_sequential"] = out["sequential"] / out["joint"]
+    out["ceiling_epoch_speedup"] = out["joint"] / out["cached_joint"]
+    return out
+
+
+def profile_step(args: argparse.Namespace, device: torch.device, rows: int = 12) -> str:
+    """Operator table (self time) of one joint training step after one warm-up step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n_attr, n_cls = args.attributes, args.classes
+    model = make_model(args, "joint", n_attr).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-5)
+    attrs = torch.rand(n_cls, n_attr, device=device)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, n_cls, (args.batch,), device=device)
+    amp = device.type == "cuda" and args.amp
+    train_step(model, opt, x, y, attrs, amp)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts, record_shapes=True) as prof:
+        train_step(model, opt, x, y, attrs, amp)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages(group_by_input_shape=True).table(
+        sort_by=key, row_limit=rows, max_name_column_width=30
+    )
+
+
 def bench_epoch(args: argparse.Namespace, device: torch.device) -> dict:
     """Epoch over N images: end to end vs frozen backbone + feature cache (both joint mode)."""
     n, n_attr, n_cls = args.epoch_images, args.attributes, args.classes
@@ -147,8 +226,10 @@ def bench_epoch(args: argparse.Namespace, device: torch.device) -> dict:
         frozen.backbone = PackedMaps(meta["shapes"], backbone.out_channels)
         frozen.train()
         cached_ds = TensorDataset(torch.from_numpy(feats), labels)
-        e2e_t = [run_epoch(e2e, TensorDataset(images, labels)) for _ in range(args.epoch_repeats)]
-        cached_t = [run_epoch(frozen, cached_ds) for _ in range(args.epoch_repeats)]
+        e2e_t, cached_t = [], []
+        for _ in range(args.epoch_repeats):  # interleaved: drift affects both alike
+            e2e_t.append(run_epoch(e2e, TensorDataset(images, labels)))
+            cached_t.append(run_epoch(frozen, cached_ds))
     return {
         "images": n,
         "end_to_end_epoch_s": statistics.median(e2e_t),
@@ -157,6 +238,22 @@ def bench_epoch(args: argparse.Namespace, device: torch.device) -> dict:
         "cache_mb": feats.nbytes / 2**20,
         "speedup": statistics.median(e2e_t) / statistics.median(cached_t),
     }
+
+
+def _print_steps(res: dict, s: dict) -> None:
+    res["steps"] = s
+    for mode, label in (
+        ("joint", "joint (default)"),
+        ("release", "three-pass, as released"),
+        ("sequential", "three-pass, pruned"),
+    ):
+        print(
+            f"step  {label:24s} {s[mode]['images_per_s']:8.2f} img/s  (median {s[mode]['median_s']:.3f} s/step)"
+        )
+    print(
+        f"ratio joint / released three-pass: {s['ratio_joint_over_release']:.2f}x;"
+        f" joint / pruned three-pass: {s['ratio_joint_over_sequential']:.2f}x"
+    )
 
 
 def main() -> None:
@@ -175,6 +272,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--skip-epoch", action="store_true")
+    p.add_argument("--skip-steps", action="store_true")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP model")
+    p.add_argument("--profile", action="store_true", help="print the operator table of one joint step")
     p.add_argument("--json", default="", help="also write the results here")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -186,26 +286,32 @@ def main() -> None:
         "torch": torch.__version__,
         "args": vars(args),
     }
-    res["steps"] = bench_steps(args, device)
-    s = res["steps"]
-    for mode, label in (
-        ("joint", "joint (default)"),
-        ("release", "three-pass, as released"),
-        ("sequential", "three-pass, pruned"),
-    ):
+    if os.path.exists("/proc/loadavg"):
+        res["load_before"] = Path("/proc/loadavg").read_text().split()[:3]
+    if not args.no_flops:
+        fm = res["flops"] = flop_model(args)
         print(
-            f"step  {label:24s} {s[mode]['images_per_s']:8.2f} img/s  (median {s[mode]['median_s']:.3f} s/step)"
+            f"GMAC/image: forward {fm['forward']:.1f} (backbone {fm['backbone_forward']:.1f}); step joint "
+            f"{fm['joint']:.1f}, released three-pass {fm['release']:.1f}, pruned three-pass {fm['sequential']:.1f}, "
+            f"joint on cached maps {fm['cached_joint']:.1f}"
         )
-    print(
-        f"ratio joint / released three-pass: {s['ratio_joint_over_release']:.2f}x;"
-        f" joint / pruned three-pass: {s['ratio_joint_over_sequential']:.2f}x"
-    )
+        print(
+            f"FLOP-model ceilings: joint / released {fm['ceiling_joint_over_release']:.2f}x, joint / pruned "
+            f"{fm['ceiling_joint_over_sequential']:.2f}x, end-to-end / cached epoch {fm['ceiling_epoch_speedup']:.2f}x"
+        )
+    if args.profile:
+        print(profile_step(args, device))
+    if not args.skip_steps:
+        _print_steps(res, bench_steps(args, device))
     if not args.skip_epoch:
         e = res["epoch"] = bench_epoch(args, device)
         print(
             f"epoch over {e['images']} images: end-to-end {e['end_to_end_epoch_s']:.2f} s, cached {e['cached_epoch_s']:.2f} s "
             f"({e['speedup']:.1f}x; one-off cache build {e['cache_build_s']:.2f} s, {e['cache_mb']:.0f} MB)"
         )
+    if os.path.exists("/proc/loadavg"):
+        res["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"load average before {' '.join(res['load_before'])}, after {' '.join(res['load_after'])}")
     if args.json:
         Path(args.json).write_text(
             json.dumps(res, indent=2, default=lambda o: o if not isinstance(o, np.generic) else o.item())

@@ -1,6 +1,7 @@
 """End to end on a tiny embedded world: train -> results/plots -> eval -> predict, and the CLI's error paths."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,14 @@ COMMON = [
 
 @pytest.fixture(scope="module")
 def mgmrn_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    res = runs.train("attribute/demo_mgmrn", [*COMMON, f"output_dir={out}", "name=m"])
+    # a module-scoped fixture runs before conftest's per-test cache fixture: point it at the same session cache
+    # (else it would read and write the user's ~/.cache/unseen)
+    with pytest.MonkeyPatch.context() as mp:
+        cache = os.environ.get("UNSEEN_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "cache")
+        mp.setenv("UNSEEN_CACHE", cache)
+        mp.setenv("CI", "true")
+        out = tmp_path_factory.mktemp("runs")
+        res = runs.train("attribute/demo_mgmrn", [*COMMON, f"output_dir={out}", "name=m"])
     return Path(res["run_dir"]), res
 
 
@@ -56,6 +63,8 @@ def test_run_folder_and_results(mgmrn_run):
     assert "validation" in sel["rule"] and sel["gamma_used"] == sel["gamma"] == m["gamma"]
     assert 0 <= sel["epoch"] < 2
     assert "TEST" in saved["oracle_test_selected"]["note"] and not any(k.startswith("oracle") for k in m)
+    # the release's test-selected report is opt-in (eval.report=release): nothing of it by default
+    assert "release_test_selected" not in saved and not (run_dir / "release").exists()
     assert saved["world"]["n_classes"] == 10 and saved["seed"] == 0 and saved["versions"]["torch"]
     # final run trained for the validation-chosen number of epochs
     lines = (run_dir / "final" / "metrics.jsonl").read_text().splitlines()
@@ -187,6 +196,7 @@ def test_backbone_pretraining_is_deterministic(tmp_path):
     assert digests[0] == digests[1]
 
 
+@pytest.mark.slow  # three runs (~19 s); the engine-level kill tests in test_run_safety stay in the default suite
 def test_killed_run_resumes_to_the_same_results(tmp_path, monkeypatch):
     """Kill a run mid-way (after an epoch's metrics line, before its checkpoint), resume it, compare."""
     from unseen.engine import Engine
@@ -216,3 +226,35 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, monkeypatch):
         json.loads(s) for s in (tmp_path / "cut" / "calib" / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["epoch"] for r in cut_lines] == [0, 1, 1, 2]  # the killed epoch was redone, not lost
+
+
+def test_foreign_weights_and_bad_images_are_one_line_errors(mgmrn_run, tmp_path, capsys):
+    """Weights of another model in a run folder, and images that cannot be read: exit 2, one line naming the file,
+    nothing written."""
+    import shutil
+
+    import torch
+
+    from unseen.io import save_safetensors
+
+    run_dir, _ = mgmrn_run
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    weights = other / "final" / "last.safetensors"
+    save_safetensors(weights, {"vocab": torch.zeros(3, 4)}, metadata={"model": "csp"})
+    before = (other / "results.json").read_bytes()
+    assert main(["eval", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"{weights}: not weights of this run's model 'mgmrn'" in err
+    assert "tensors the model does not have (vocab)" in err and "written by a 'csp' model" in err
+    assert (other / "results.json").read_bytes() == before
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for image in (bad, empty):
+        assert main(["predict", str(run_dir), str(image)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{image}: image unreadable" in err
+    assert main(["predict", str(run_dir), str(bad), "--topk", "-1"]) == 2
+    assert "--topk: expected a positive number" in capsys.readouterr().err

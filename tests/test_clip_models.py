@@ -318,7 +318,7 @@ def test_refiner_loss_matches_hand_computation(clip, images):
     torch.testing.assert_close(loss, expect)
 
 
-@pytest.mark.parametrize("kind", ["refiner", "csp"])
+@pytest.mark.parametrize("kind", [pytest.param("refiner", marks=pytest.mark.slow), "csp"])
 def test_loss_decreases(clip, images, kind):
     torch.manual_seed(0)
     m = (

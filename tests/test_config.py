@@ -1,6 +1,7 @@
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 
 from unseen.config import (
     ConfigError,
@@ -109,10 +110,53 @@ def test_cli_overrides_after_an_option_reach_the_demo(monkeypatch, capsys):
 
     seen = {}
     monkeypatch.setattr(
-        runs, "demo", lambda setting, out, overrides: seen.update(s=setting, o=out, ov=overrides) or ""
+        runs,
+        "demo",
+        lambda setting, out, overrides, seeds: seen.update(s=setting, o=out, ov=overrides, seeds=seeds) or "",
     )
     assert main(["demo", "compositional", "--output-dir", "/tmp/x", "data.world={seed: 1}", "seed=2"]) == 0
-    assert seen == {"s": "compositional", "o": "/tmp/x", "ov": ["data.world={seed: 1}", "seed=2"]}
+    assert seen == {
+        "s": "compositional",
+        "o": "/tmp/x",
+        "ov": ["data.world={seed: 1}", "seed=2"],
+        "seeds": None,
+    }
+    assert main(["demo", "attribute", "--seeds", "0-2", "train.epochs=1"]) == 0
+    assert seen["seeds"] == [0, 1, 2] and seen["ov"] == ["train.epochs=1"]
     with pytest.raises(SystemExit):
         main(["demo", "compositional", "--output-dir", "/tmp/x", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_nested_override_merges_key_by_key_and_colon_replaces():
+    from unseen.runs import resolve_config_path
+
+    path = resolve_config_path("attribute/demo_mgmrn")
+    merged = load_config(path, ["data.world={seed: 7}"])
+    assert merged.data.world == {
+        "seed": 7,
+        "n_classes": 32,
+        "n_unseen": 8,
+        "n_val": 6,
+    }  # the demo's world, seed 7
+    assert load_config(path, ["data.world.seed=7"]).data.world == merged.data.world
+    assert load_config(path, ["data.world:={seed: 7}"]).data.world == {
+        "seed": 7
+    }  # the whole section replaced
+    assert (
+        load_config(path, ["train:={epochs: 3}"]).train.lr == TrainConfig().lr
+    )  # a schema section, replaced
+
+
+def test_base_cycle_and_device_errors(tmp_path):
+    from unseen.engine import resolve_device
+
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\nsetting: attribute\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(
+        ConfigError, match=r"_base_ includes a file that includes it again \(.*a.yaml -> .*b.yaml"
+    ):
+        load_config(tmp_path / "a.yaml")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device: 'cuda' but CUDA is not available"):
+            resolve_device("cuda")

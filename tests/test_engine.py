@@ -195,6 +195,7 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two torch processes (~10-17 s); the suite must stay under 3 minutes
 def test_ddp_two_processes_on_cpu(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)

@@ -223,4 +223,14 @@ def test_cli_extract_writes_the_test_layout_and_reads_back(images, tmp_path, cap
     np.save(tmp_path / "short.npy", seen[:2])
     assert main(args[:5] + ["--labels", str(tmp_path / "short.npy"), "--overwrite"]) == 2
     err = capsys.readouterr().err
+    assert "--weights is not set: features of a randomly initialised vgg19" in err  # refused before any work
+    random_ok = ["--overwrite", "--allow-random-init"]
+    assert main([*args[:5], "--labels", str(tmp_path / "short.npy"), *random_ok]) == 2
+    err = capsys.readouterr().err
     assert "short.npy" in err and "one row per image" in err
+    import pickle
+
+    with open(tmp_path / "pickled.npy", "wb") as f:
+        pickle.dump(seen, f)
+    assert main([*args[:5], "--labels", str(tmp_path / "pickled.npy"), *random_ok]) == 2
+    assert "pickled.npy: labels holds pickled objects" in capsys.readouterr().err

@@ -421,3 +421,93 @@ def test_eszsl_grid_and_errors():
         m.scores(np.zeros((2, 3)), np.zeros((4, 5)))
     with pytest.raises(ValueError, match="labels must index"):
         m.fit(np.zeros((3, 4)), np.array([0, 1, 5]), np.ones((3, 2)))
+
+
+# --------------------------------------------------------------------------------------------- FLOP model
+# benchmarks/bench_mgmrn_step.py bounds the achievable speed-ups with MAC counts taken on meta tensors with a
+# stand-in loss; these tests hold that model to real CPU runs and to hand counts.
+def _bench():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mgmrn_step.py"
+    spec = importlib.util.spec_from_file_location("_bench_mgmrn_step", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _gmac(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops() / 2e9
+
+
+def test_meta_tensors_give_the_cpu_shapes():
+    """The model runs on meta tensors (autocast guards skipped) and gives the shapes of a real CPU run."""
+    ref = tiny_model()
+    x, attrs, _ = tiny_batch(n=2)
+    with torch.no_grad():
+        want = ref(x, attrs, return_attention=True, return_intermediates=True)
+    with torch.device("meta"):
+        meta = tiny_model()
+    meta.load_state_dict(ref.state_dict(), assign=True)
+    meta = meta.to("meta")
+    got = meta(x.to("meta"), attrs.to("meta"), return_attention=True, return_intermediates=True)
+    assert got["scores"].device.type == "meta" and got["scores"].shape == want["scores"].shape
+    assert [a.shape for a in got["attention"]] == [a.shape for a in want["attention"]]
+    for key in ("F", "Z", "assign", "R", "T"):
+        assert {k: v.shape for k, v in got["intermediates"][key].items()} == {
+            k: v.shape for k, v in want["intermediates"][key].items()
+        }
+
+
+def test_level1_granularity_convs_at_paper_size_are_59_gmac():
+    """Hand count of the level-1 block (512->2048 3x3 at 56x56, 2048->2048 3x3 at 28x28) per 448-px image."""
+    from unseen.attribute.mgmrn import LevelModule
+
+    with torch.device("meta"):
+        level1 = LevelModule(512, 2048, 2, "none", 5, "bilinear")
+        f = level1.blocks  # grouping 'none': the convs alone
+        got = _gmac(lambda: f(torch.empty(1, 512, 56, 56)))
+    hand = (2048 * 512 * 9 * 56 * 56 + 2048 * 2048 * 9 * 28 * 28) / 1e9
+    assert got == pytest.approx(hand, rel=1e-12) and 59.1 < hand < 59.3
+
+
+@pytest.mark.slow  # ~6,000 dispatched ops through FlopCounterMode (about a minute on a loaded 2-core VM)
+def test_flop_model_equals_counts_of_real_cpu_steps():
+    """The benchmark's meta/stand-in-loss counts equal the counts of the real steps (real loss, optimizer) on CPU."""
+    import argparse
+
+    bench = _bench()
+    args = argparse.Namespace(
+        backbone="tiny", image_size=64, width=16, model_dim=8, attributes=A, classes=C, batch=1, amp=False
+    )
+    fm = bench.flop_model(args)
+    x = torch.randn(1, 3, 64, 64)
+    attrs, y = torch.rand(C, A), torch.tensor([2])
+
+    def real(step_mode: str, release: bool = False, cached: bool = False) -> float:
+        m = bench.make_model(args, step_mode, A).train()
+        inp = x
+        if cached:
+            from unseen.features import PackedMaps
+
+            with torch.no_grad():
+                maps = m.backbone(x)
+            m.backbone = PackedMaps([tuple(t.shape[1:]) for t in maps], m.backbone.out_channels)
+            inp = torch.cat([t.flatten(1) for t in maps], 1)
+        opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+        return _gmac(lambda: bench.train_step(m, opt, inp, y, attrs, False, release=release))
+
+    assert fm["joint"] == pytest.approx(real("joint"), rel=1e-9)
+    assert fm["release"] == pytest.approx(real("sequential", release=True), rel=1e-9)
+    assert fm["sequential"] == pytest.approx(real("sequential"), rel=1e-9)
+    assert fm["cached_joint"] == pytest.approx(real("joint", cached=True), rel=1e-9)
+    assert fm["ceiling_joint_over_release"] == pytest.approx(fm["release"] / fm["joint"])
+    # a joint step is one forward and one backward; the backward costs between 1x (no input gradients) and 2x
+    assert 2 * fm["forward"] < fm["joint"] <= 3 * fm["forward"]

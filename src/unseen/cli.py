@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from unseen import __version__
 from unseen.config import ConfigError
 from unseen.io import DataFormatError, UnsafeFileError
 
@@ -28,17 +29,26 @@ def _parser() -> argparse.ArgumentParser:
         prog="unseen", description="Zero-shot recognition: attribute, multi-label, compositional."
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    p.add_argument("--version", action="version", version=f"unseen {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train + evaluate every method on the embedded benchmark (no download)")
     d.add_argument("setting", nargs="?", default="attribute", help="attribute | multilabel | compositional")
     d.add_argument("--output-dir", default="runs")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo method's config")
+    d.add_argument("--seeds", help="training seeds, e.g. 0,1,2: every method once per seed, then mean ± std")
 
     t = sub.add_parser("train", help="train and evaluate one run from a config")
     t.add_argument("config", nargs="?", help="YAML path or packaged name, e.g. attribute/mgmrn_cub")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=5")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    t.add_argument(
+        "--seeds", help="a seed sweep, e.g. 0,1,2 or 0-4: one run per seed, then a mean ± std report"
+    )
+
+    rp = sub.add_parser("report", help="compare finished runs: one table, seeds grouped into mean ± std")
+    rp.add_argument("runs", nargs="+", metavar="RUN_OR_GLOB", help="run folders, folders of runs, or globs")
+    rp.add_argument("--output", default="report", help="write OUTPUT.csv and OUTPUT.md (default: ./report)")
 
     e = sub.add_parser("eval", help="recompute a finished run's test metrics")
     e.add_argument("run_dir")
@@ -62,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--image-root", default=None, help="xlsa17 only")
     ck.add_argument("--image-list", default=None, help="xlsa17 only")
     ck.add_argument("--w2v", default=None, help="xlsa17 only")
+    from unseen.make_data import add_make_parser
+
+    add_make_parser(dsub)
 
     ex = sub.add_parser(
         "extract", help="region features of an image folder into a BiAM-layout h5 (+ provenance)"
@@ -82,7 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--backbone", default="vgg19", help="vgg19 (conv5_4, default) | vit | vit:<timm model> | tiny"
     )
-    ex.add_argument("--weights", help="local weights file (no download happens; without it: random init)")
+    ex.add_argument(
+        "--weights", help="local weights file or hf-hub:<repo> from the local cache (no download)"
+    )
+    ex.add_argument(
+        "--allow-random-init",
+        action="store_true",
+        help="extract with a randomly initialised backbone (tests only)",
+    )
     ex.add_argument("--image-size", type=int, default=224)
     ex.add_argument("--batch-size", type=int, default=32)
     ex.add_argument("--device", default="cpu")
@@ -122,10 +142,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     from unseen import runs
 
     if args.command == "demo":
-        print(runs.demo(args.setting, args.output_dir, args.overrides))
+        seeds = runs.parse_seeds(args.seeds) if args.seeds else None
+        print(runs.demo(args.setting, args.output_dir, args.overrides, seeds))
     elif args.command == "train":
         if not args.config and not args.resume:
             raise ConfigError("give a config (e.g. attribute/demo_mgmrn) or --resume RUN_DIR")
+        if args.seeds:
+            if args.resume:
+                raise ConfigError("--seeds starts new runs; it cannot be combined with --resume")
+            sweep, rep = runs.train_seeds(args.config, args.overrides, runs.parse_seeds(args.seeds))
+            print(rep["text"])
+            print(f"runs and report.csv / report.md in {sweep}")
+            return 0
         res = runs.train(args.config, args.overrides, args.resume)
         print(
             json.dumps(
@@ -133,6 +161,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
+    elif args.command == "report":
+        from unseen import report
+
+        rep = report.compare_runs(args.runs)
+        print(rep["text"])
+        for path in report.write_report(rep, args.output):
+            print(f"wrote {path}")
     elif args.command == "eval":
         print(json.dumps(runs.evaluate_run(args.run_dir), indent=2))
     elif args.command == "predict":
@@ -140,6 +175,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(item["image"])
             for t in item["top"]:
                 print(f"  {t['score']:8.3f}  {t['class']}{'' if t['seen'] else '  (unseen)'}")
+    elif args.command == "data" and args.data_command == "make":
+        from unseen.make_data import run_make
+
+        return run_make(args)
     elif args.command == "data":
         if args.format == "xlsa17":
             from unseen.attribute.data import check_xlsa17
@@ -157,10 +196,19 @@ def _dispatch(args: argparse.Namespace) -> int:
             lines = check_multilabel(args.format, args.root)
         for line in lines:
             print(line)
+        errors = [line for line in lines if line.startswith("ERROR")]
+        if errors:  # the report is printed in full; the exit status says it failed
+            print(f"FAILED: {len(errors)} problem(s) above", file=sys.stderr)
+            return 2
         print("OK")
     elif args.command == "extract":
         from unseen.multilabel.extract import extract_h5, extract_items, read_sidecar
 
+        if not args.weights and not args.allow_random_init:
+            raise ConfigError(
+                f"--weights is not set: features of a randomly initialised {args.backbone} would be extracted; "
+                "set it, or --allow-random-init"
+            )
         items = extract_items(args.image_root, args.image_list, args.labels, args.unseen_labels)
         out = extract_h5(
             args.image_root,

@@ -1,7 +1,7 @@
 """Typed configs: dataclass schemas, YAML files, dotted command-line overrides.
 
 A run is described by :class:`RunConfig`. Its ``model`` and ``data`` sections are validated against the schema
-that the chosen model / dataset registered (``unseen.registry``), so ``model.n_levels=1`` is checked against
+that the chosen model / dataset registered (``unseen.registry``), so ``model.levels=[3]`` is checked against
 Mg-MRN's config and a typo such as ``model.n_level=1`` is rejected with the list of valid keys.
 
 Overrides are ``key.sub=value`` strings; values are parsed as YAML scalars/lists (``1e-3``, ``true``,
@@ -34,27 +34,28 @@ class TrainConfig:
     """The training engine's settings (shared by every setting and method)."""
 
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 32  # per process (per GPU under torchrun)
     lr: float = 1e-3
     optimizer: str = "sgd"  # sgd | adam | adamw
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-5
     lr_step: int = 0  # StepLR step size in epochs (0 = constant LR)
-    lr_gamma: float = 0.1
+    lr_gamma: float = 0.1  # StepLR decay factor
     lr_shift_compat: bool = False  # the release's StepLR stepped at epoch start (decay one epoch early)
     lr_schedule: str = "step"  # step (StepLR by lr_step/lr_gamma) | cosine (per epoch, down to min_lr)
     warmup_epochs: int = 0  # linear warm-up from lr/warmup_epochs (both schedules)
     min_lr: float = 0.0  # cosine floor
     batches_per_epoch: int = 0  # 0 = one pass over the data; >0 = fixed number of (episodic) batches
     shots: int = 0  # >0: class-balanced episodes of (batch_size // shots) classes x shots images (release: 2)
-    grad_accum: int = 1
-    grad_clip: float = 0.0
+    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_clip: float = 0.0  # max gradient norm (0 = no clipping)
     amp: bool = True  # mixed precision (used on CUDA only)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = 0
-    deterministic: bool = False
-    eval_every: int = 1
-    progress: bool = True  # tqdm bars (silent off-terminal and under CI=true anyway)
+    num_workers: int = 0  # DataLoader worker processes
+    deterministic: bool = False  # deterministic torch/cuDNN algorithms (slower on GPU)
+    eval_every: int = 1  # validate every N epochs (and after the last)
+    progress: bool = True  # tqdm bars on a terminal, log lines elsewhere (CI, nohup, cluster logs)
+    log_to: list[str] = field(default_factory=lambda: ["csv"])  # + tensorboard, wandb (optional extras)
 
     def __post_init__(self) -> None:
         check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
@@ -68,6 +69,8 @@ class TrainConfig:
         check_range("train.momentum", self.momentum, low=0, high=1)
         for key in ("weight_decay", "min_lr", "grad_clip"):
             check_range(f"train.{key}", getattr(self, key), low=0)
+        for backend in self.log_to:
+            check_choice("train.log_to", backend, LOG_BACKENDS)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -86,21 +89,22 @@ class EvalConfig:
 class RunConfig:
     """One experiment: setting + dataset + model + engine + evaluation."""
 
-    setting: str = "attribute"
-    seed: int = 0
-    output_dir: str = "runs"
+    setting: str = "attribute"  # attribute | multilabel | compositional
+    seed: int = 0  # training seed (the embedded worlds have their own data.world.seed)
+    output_dir: str = "runs"  # run folders go to output_dir/name
     name: str = ""  # run folder name; default: <model>_<dataset>_<timestamp>
     data: Any = None  # dataset schema (registered with the dataset), chosen by data.name
     model: Any = None  # model schema (registered with the model), chosen by model.name
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: Any = None  # the setting's eval schema (its task's ``sections``)
     features: Any = None  # only for settings that declare a ``features`` section
-    notes: str = ""
+    notes: str = ""  # free text kept in config.yaml
 
 
 # --------------------------------------------------------------------------------------------- checks
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("step", "cosine")
+LOG_BACKENDS = ("csv", "tensorboard", "wandb")  # unseen.tracking
 
 
 def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -219,11 +223,13 @@ def config_hash(cfg: Any) -> str:
 
 # --------------------------------------------------------------------------------------------- overrides
 def parse_override(text: str) -> tuple[list[str], Any]:
+    """``key.sub=value`` (a mapping value merges into the section key by key) or ``key.sub:=value`` (replaces
+    the whole section). The replace form is marked by a trailing ``:`` on the key (see :func:`apply_overrides`)."""
     if "=" not in text:
         raise ConfigError(f"override '{text}': expected key.sub=value")
     key, raw = text.split("=", 1)
     key = key.strip().lstrip("-")
-    if not key:
+    if not key.rstrip(":"):
         raise ConfigError(f"override '{text}': empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
@@ -238,9 +244,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted overrides in order. ``data.world={seed: 7}`` changes only the seed of the configured world;
+    ``data.world:={seed: 7}`` replaces the world section (its other keys fall back to their defaults)."""
     tree = copy.deepcopy(tree)
     for ov in overrides:
         path, value = parse_override(ov)
+        replace = path[-1].endswith(":")
+        path[-1] = path[-1].rstrip(":")
         node = tree
         for p in path[:-1]:
             nxt = node.get(p)
@@ -249,12 +259,18 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(nxt, dict):
                 raise ConfigError(f"override '{ov}': '{p}' is a value, not a section")
             node = nxt
-        node[path[-1]] = value
+        if isinstance(value, dict) and isinstance(node.get(path[-1]), dict) and not replace:
+            node[path[-1]] = _deep_merge(node[path[-1]], value)
+        else:
+            node[path[-1]] = value
     return tree
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{_chain[-1]}: _base_ includes a file that includes it again ({cycle})")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -265,7 +281,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("_base_", None)
     if base:
-        parent = load_yaml(path.parent / base)
+        parent = load_yaml(path.parent / base, (*_chain, path.resolve()))
         data = _deep_merge(parent, data)
     return data
 

@@ -7,10 +7,11 @@ Setting-agnostic. A task hands it
 - a training ``Dataset`` (+ labels for the class-balanced episodic sampler when ``train.shots > 0``),
 - an ``evaluate(model, epoch) -> dict`` returning at least the selection key (run on rank 0).
 
-Per run folder it writes ``metrics.jsonl`` (one line per epoch), ``last.safetensors`` + ``last.state.pt``
-(weights + optimizer/RNG state, ``weights_only``-loadable) after every epoch, and ``best.safetensors`` when the
-validation score improves. ``resume=True`` continues from ``last.*``: data order and RNG are derived from
-(seed, epoch, rank), so a resumed run reproduces the uninterrupted one.
+Per run folder it writes ``metrics.jsonl`` and ``metrics.csv`` (one line per epoch), the checkpoint
+``last.safetensors`` + ``last.state.pt`` (weights + optimizer/RNG state, ``weights_only``-loadable, the state naming
+the weights' SHA-256) after every epoch, and ``best.safetensors`` when the validation score improves. ``resume=True``
+continues from the checkpoint: data order and RNG are derived from (seed, epoch, rank), so a resumed run reproduces
+the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -33,8 +34,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from unseen.config import TrainConfig
-from unseen.io import append_jsonl, atomic_path, load_safetensors, load_torch, save_safetensors
+from unseen.config import ConfigError, TrainConfig
+from unseen.io import (
+    DataFormatError,
+    append_jsonl,
+    atomic_path,
+    atomic_write_text,
+    file_sha256,
+    load_safetensors,
+    load_torch,
+    safetensors_metadata,
+    save_safetensors,
+)
 
 log = logging.getLogger("unseen")
 
@@ -47,10 +58,66 @@ def progress_enabled(flag: bool = True) -> bool:
     return sys.stderr.isatty() and get_rank() == 0
 
 
-def progress(iterable: Any, enabled: bool = True, **kwargs: Any) -> Any:
-    from tqdm.auto import tqdm
+PROGRESS_MIN_S = 5.0  # loops shorter than this log nothing off a terminal
+PROGRESS_MAX_GAP_S = 30.0  # off a terminal, a line at least this often
 
-    return tqdm(iterable, disable=not progress_enabled(enabled), dynamic_ncols=True, leave=False, **kwargs)
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class LogProgress:
+    """Progress for logs that are not a terminal (CI, ``nohup``, cluster jobs), where tqdm stays silent: a line
+    ``desc: i/total (p%)  rate  postfix  eta`` every tenth of the loop and at least every 30 s, once the loop has
+    run for 5 s."""
+
+    def __init__(
+        self, iterable: Any, desc: str = "", total: int | None = None, unit: str = "it", scale: int = 1
+    ):
+        self.iterable, self.desc, self.unit, self.scale = iterable, desc, unit, scale
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.every = max(1, (self.total or 100) // 10)
+        self.postfix: dict[str, Any] = {}
+        self.lines = 0
+
+    def __len__(self) -> int:
+        return len(self.iterable)
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix.update(values)
+
+    def __iter__(self) -> Iterator[Any]:
+        t0 = last = time.perf_counter()
+        for i, item in enumerate(self.iterable, 1):
+            yield item  # resumes after the caller processed the item: the line includes its time
+            now = time.perf_counter()
+            if (i % self.every == 0 and now - t0 >= PROGRESS_MIN_S) or now - last >= PROGRESS_MAX_GAP_S:
+                last = now
+                self.lines += 1
+                log.info(self.line(i, now - t0))
+
+    def line(self, i: int, elapsed: float) -> str:
+        head = f"{self.desc}: {i}" + (f"/{self.total} ({100 * i / self.total:.0f}%)" if self.total else "")
+        parts = [head, f"{i * self.scale / max(elapsed, 1e-9):.1f} {self.unit}/s"]
+        parts += [f"{k}={v}" for k, v in self.postfix.items()]
+        if self.total:
+            parts.append(f"eta {_hms(elapsed / i * (self.total - i))}")
+        return "  ".join(parts)
+
+
+def progress(
+    iterable: Any, enabled: bool = True, desc: str = "", unit: str = "it", scale: int = 1, **kwargs: Any
+) -> Any:
+    """A tqdm bar on a terminal; elsewhere :class:`LogProgress` lines; nothing when ``enabled`` is false or on
+    ranks > 0 (under torchrun rank 0 reports)."""
+    if not enabled or get_rank() != 0:
+        return iterable
+    if progress_enabled(enabled):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, dynamic_ncols=True, leave=False, **kwargs)
+    return LogProgress(iterable, desc, kwargs.get("total"), unit, scale)
 
 
 def get_rank() -> int:
@@ -68,7 +135,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
+        raise ConfigError(
+            f"train.device: {name!r} but CUDA is not available on this machine (use auto or cpu)"
+        )
     return dev
 
 
@@ -185,6 +254,110 @@ def make_train_loader(
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler2, drop_last=False, **common)
 
 
+# --------------------------------------------------------------------------------------------- weights
+def _few(items: list[str], limit: int = 4) -> str:
+    more = f", ... (+{len(items) - limit})" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def load_state_checked(
+    module: nn.Module, path: str | Path, owner: str, optional: tuple[str, ...] = ()
+) -> None:
+    """The one loader of weights a run wrote (checkpoints, best and final models): every tensor of ``module`` must
+    be in the file with its shape and the file may hold nothing else; tensors under the ``optional`` prefixes may
+    be absent (parts that are not saved, e.g. a frozen backbone). Anything else names the file and what does not
+    fit, in a :class:`DataFormatError`; nothing is loaded then."""
+    state = load_safetensors(path)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not (optional and k.startswith(optional))]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (model {tuple(v.shape)})"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the model's {len(own)} tensors missing ({_few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensors the model does not have ({_few(unexpected)})")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes ({_few(shapes)})")
+        written = safetensors_metadata(path).get("model")
+        origin = f"; the file was written by a '{written}' model" if written and written != owner else ""
+        raise DataFormatError(
+            f"{path}: not weights of this run's model '{owner}': {'; '.join(parts)}{origin}"
+        )
+    module.load_state_dict(state, strict=False)  # checked above; strict would refuse the optional parts
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT = "last.safetensors"
+CHECKPOINT_STATE = "last.state.pt"
+_PENDING = "last.state.pt.pending"
+_NEW_WEIGHTS = ".last.safetensors.new"
+
+
+def settle_checkpoint(run_dir: str | Path) -> bool:
+    """Complete or roll back a checkpoint write that a kill interrupted, remove stray temporary files, and say
+    whether a checkpoint is there. Only the process that owns the run folder may call it."""
+    run_dir = Path(run_dir)
+    pending, weights = run_dir / _PENDING, run_dir / CHECKPOINT
+    if pending.is_file():
+        try:
+            done = weights.is_file() and load_torch(pending)["weights_sha256"] == file_sha256(weights)
+        except Exception:  # a pending state cut short by the kill
+            done = False
+        if done:  # killed between the two renames: the new weights are in place, finish the pair
+            os.replace(pending, run_dir / CHECKPOINT_STATE)
+            log.info("%s: completed the checkpoint a kill had interrupted", run_dir)
+        else:  # killed before the new weights were in place: the previous pair stands
+            pending.unlink()
+    for stray in [*run_dir.glob(".*.tmp"), run_dir / _NEW_WEIGHTS]:
+        stray.unlink(missing_ok=True)
+    return weights.is_file() and (run_dir / CHECKPOINT_STATE).is_file()
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """``metrics.csv``: the epochs' records as a table (columns in first-seen order), rewritten every epoch."""
+    import csv
+    import io
+
+    cols: dict[str, None] = {}
+    for rec in history:
+        cols.update(dict.fromkeys(k for k, v in rec.items() if not isinstance(v, (dict, list))))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(cols), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` up to epoch ``upto``, one per epoch (a run killed between its metrics line
+    and its checkpoint logged an epoch it will redo). A line cut short by a kill is dropped (and the file rewritten
+    without it); any other unreadable line is an error naming the file and line."""
+    import json
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                log.warning("%s: dropping its last line, cut short by a kill (%r)", path, line[:60])
+                atomic_write_text(path, "".join(f"{x}\n" for x in lines[:-1]))
+                break
+            raise DataFormatError(f"{path}: line {n} is not valid JSON: {line[:80]!r}") from None
+        if rec.get("epoch", -1) <= upto:
+            by_epoch[rec["epoch"]] = rec
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 # --------------------------------------------------------------------------------------------- engine
 LossFn = Callable[[nn.Module, Any, Any], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[nn.Module, int], dict[str, Any]]
@@ -280,9 +453,13 @@ class Engine:
         result: FitResult,
         meta: dict[str, str] | None = None,
     ) -> None:
+        """Write the checkpoint as one unit: the new weights to a temporary file, then the state naming their hash
+        (as ``last.state.pt.pending``), then both renamed into place. A kill at any point leaves either the previous
+        pair or a pending state that :func:`settle_checkpoint` completes."""
         if self.rank != 0:
             return
-        save_safetensors(self.run_dir / "last.safetensors", unwrap(model).state_dict(), metadata=meta)
+        new_weights = self.run_dir / _NEW_WEIGHTS
+        save_safetensors(new_weights, unwrap(model).state_dict(), metadata=meta)
         state = {
             "epoch": epoch,
             "optimizer": optimizer.state_dict(),
@@ -290,19 +467,28 @@ class Engine:
             "rng": self._rng_state(),
             "best_epoch": result.best_epoch,
             "best_score": result.best_score,
+            "weights_sha256": file_sha256(new_weights),
         }
-        with atomic_path(self.run_dir / "last.state.pt") as tmp:
+        with atomic_path(self.run_dir / _PENDING) as tmp:
             torch.save(state, tmp)
+        os.replace(new_weights, self.run_dir / CHECKPOINT)
+        os.replace(self.run_dir / _PENDING, self.run_dir / CHECKPOINT_STATE)
 
-    def load_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, FitResult]:
-        weights = self.run_dir / "last.safetensors"
-        state_file = self.run_dir / "last.state.pt"
-        if not weights.is_file() or not state_file.is_file():
+    def load_checkpoint(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, owner: str = "model"
+    ) -> tuple[int, FitResult]:
+        if not settle_checkpoint(self.run_dir):
             raise FileNotFoundError(
-                f"{self.run_dir}: nothing to resume (last.safetensors / last.state.pt missing)"
+                f"{self.run_dir}: nothing to resume ({CHECKPOINT} / {CHECKPOINT_STATE} missing)"
             )
-        unwrap(model).load_state_dict(load_safetensors(weights))
+        weights, state_file = self.run_dir / CHECKPOINT, self.run_dir / CHECKPOINT_STATE
         state = load_torch(state_file)
+        if "weights_sha256" in state and state["weights_sha256"] != file_sha256(weights):
+            raise DataFormatError(
+                f"{weights}: not the weights {state_file} was saved with (epoch {state['epoch']}); the checkpoint "
+                "cannot be resumed exactly: delete the folder's last.* files to restart this phase"
+            )
+        load_state_checked(unwrap(model), weights, owner)
         optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self._set_rng_state(state["rng"])
@@ -311,17 +497,7 @@ class Engine:
         )
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.is_file():
-            import json
-
-            # a run killed between its metrics line and its checkpoint logged an epoch it will redo: keep the
-            # records up to the checkpoint, one per epoch
-            by_epoch = {}
-            for line in metrics.read_text().splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    if rec.get("epoch", -1) <= state["epoch"]:
-                        by_epoch[rec["epoch"]] = rec
-            result.history = [by_epoch[e] for e in sorted(by_epoch)]
+            result.history = _read_metrics(metrics, state["epoch"])
         return state["epoch"] + 1, result
 
     # ---- training
@@ -337,8 +513,10 @@ class Engine:
         epochs: int | None = None,
         resume: bool = False,
         meta: dict[str, str] | None = None,
+        tracker: Any = None,
     ) -> FitResult:
-        """Train for ``epochs`` (default ``cfg.epochs``); evaluate every ``eval_every`` epochs on rank 0."""
+        """Train for ``epochs`` (default ``cfg.epochs``); evaluate every ``eval_every`` epochs on rank 0.
+        ``tracker`` (an :class:`unseen.tracking.Tracker`) receives every epoch's record."""
         cfg = self.cfg
         epochs = cfg.epochs if epochs is None else epochs
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -352,7 +530,7 @@ class Engine:
         optimizer = make_optimizer(cfg, params)
         start, result = 0, FitResult()
         if resume:
-            start, result = self.load_checkpoint(model, optimizer)
+            start, result = self.load_checkpoint(model, optimizer, (meta or {}).get("model", "model"))
             log.info("resuming %s at epoch %d", self.run_dir, start)
         train_model: nn.Module = model
         if self.distributed:
@@ -392,6 +570,9 @@ class Engine:
             result.history.append(record)
             if self.rank == 0:
                 append_jsonl(metrics_path, record)
+                write_metrics_csv(self.run_dir / "metrics.csv", result.history)
+                if tracker is not None:
+                    tracker.log_scalars(record, step=epoch, prefix=self.run_dir.name)
                 if improved:
                     save_safetensors(
                         self.run_dir / "best.safetensors", unwrap(model).state_dict(), metadata=meta
@@ -421,7 +602,13 @@ class Engine:
         model.train()
         totals: dict[str, float] = {}
         n = 0
-        bar = progress(loader, cfg.progress, desc=f"epoch {epoch + 1}/{epochs}")
+        bar = progress(
+            loader,
+            cfg.progress,
+            desc=f"{self.run_dir.name} epoch {epoch + 1}/{epochs}",
+            unit="samples",
+            scale=cfg.batch_size,
+        )
         accum = max(1, cfg.grad_accum)
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(bar):
@@ -453,6 +640,6 @@ class Engine:
                 for k, v in logs.items():
                     totals[k] = totals.get(k, 0.0) + float(v)
             n += 1
-            if hasattr(bar, "set_postfix") and n % 10 == 0:
+            if hasattr(bar, "set_postfix") and (n % 10 == 0 or n == 1):
                 bar.set_postfix(loss=f"{sum(v for k, v in totals.items() if k.startswith('loss')) / n:.3f}")
         return {f"train/{k}": v / max(n, 1) for k, v in totals.items()}

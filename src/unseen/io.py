@@ -9,10 +9,12 @@ into place, so a crash never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,16 +184,86 @@ def save_safetensors(
     from safetensors.torch import save_file
 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # sorted metadata: the same tensors and metadata give the same file bytes (hashes can be compared)
+    meta = dict(sorted(metadata.items())) if metadata else None
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=metadata)
+        save_file(flat, str(tmp), metadata=meta)
+        _fsync(tmp)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def load_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Tensors of a safetensors file; a missing, truncated or foreign file is a :class:`DataFormatError`."""
     from safetensors.torch import load_file
 
     if not Path(path).is_file():
         raise DataFormatError(f"{path}: file not found")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError (truncated header, not safetensors), OSError
+        msg = str(exc).strip().split("\n")[0]
+        raise DataFormatError(f"{path}: not a complete safetensors file ({msg})") from None
+
+
+def safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty if it has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise DataFormatError(f"{path}: not a complete safetensors file ({exc})") from None
+
+
+def read_image(path: str | os.PathLike[str]) -> Any:
+    """The one guarded image read: a fully decoded RGB PIL image, or a :class:`DataFormatError` that names the
+    file (missing, empty, not an image, truncated, or over Pillow's decompression-bomb limit)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: image not found") from None
+    except Image.DecompressionBombError as exc:
+        raise DataFormatError(f"{path}: refused, image too large ({exc})".split(" DOS")[0]) from None
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
+        msg = str(exc).split("\n")[0]
+        raise DataFormatError(f"{path}: image unreadable ({type(exc).__name__}: {msg})") from None
+
+
+def load_npy(path: str | os.PathLike[str], what: str = "array") -> np.ndarray:
+    """The one guarded ``.npy`` read (no pickles): errors name the file and what it should hold."""
+    try:
+        return np.load(Path(path), allow_pickle=False)
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: {what} file not found") from None
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise UnsafeFileError(
+                f"{path}: {what} holds pickled objects; expected a plain numeric .npy (np.save of an array)"
+            ) from None
+        raise DataFormatError(f"{path}: not a readable .npy {what} ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise DataFormatError(f"{path}: not a readable .npy {what} ({exc})") from None
+
+
+def open_h5(path: str | os.PathLike[str], mode: str = "r") -> Any:
+    """The one guarded h5 open: missing, empty, truncated or non-HDF5 files are a :class:`DataFormatError`."""
+    import h5py
+
+    if mode == "r" and not Path(path).is_file():
+        raise DataFormatError(f"{path}: h5 file not found")
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        msg = str(exc).split("\n")[0]
+        raise DataFormatError(f"{path}: not a readable HDF5 file ({msg})") from None
 
 
 def short_hash(data: str | bytes, n: int = 10) -> str:
@@ -237,24 +309,127 @@ def single_process_cache(path: Path, root: Path, what: str) -> None:
         )
 
 
+#: Packages whose version can change a number (a metric or a rendered pixel): key -> (module, distribution).
+_TRACKED_PACKAGES: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "torch"),
+    "torchvision": ("torchvision", "torchvision"),
+    "numpy": ("numpy", "numpy"),
+    "Pillow": ("PIL", "pillow"),
+    "open_clip": ("open_clip", "open_clip_torch"),
+    "timm": ("timm", "timm"),
+    "scipy": ("scipy", "scipy"),
+    "h5py": ("h5py", "h5py"),
+}
+
+
 def versions() -> dict[str, str]:
-    """Library versions recorded in every results.json."""
+    """What a number depends on, recorded in every results.json and world.json: the versions of ``unseen``, Python
+    and the packages of :data:`_TRACKED_PACKAGES` (``"not installed"`` when missing), torch's CUDA and cuDNN
+    versions (``"none"`` on a CPU build), its CPU kernel level and thread count, the ``device`` (GPU name when CUDA
+    is available, else the CPU model), the ``cpu`` model, and ``git_commit`` (``-dirty`` with uncommitted changes)
+    when ``unseen`` runs from a git checkout. Computed once per process (the thread count on every call)."""
+    out = dict(_static_versions())
+    torch = sys.modules.get("torch")
+    if torch is not None:  # runtime state: a run may have changed it after the first call
+        out["torch_threads"] = str(torch.get_num_threads())
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _static_versions() -> dict[str, str]:
     import platform
 
-    import torch
+    import PIL  # noqa: F401  (cheap; _package_version then reads the version of the Pillow that draws)
 
     import unseen
 
-    out = {
-        "unseen": unseen.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import torchvision
-
-        out["torchvision"] = torchvision.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    torch = _import_torch()
+    out = {"unseen": unseen.__version__, "python": platform.python_version()}
+    for key, (module, dist) in _TRACKED_PACKAGES.items():
+        out[key] = _package_version(module, dist)
+    out["cpu"] = _cpu_name()
+    out["device"] = out["cpu"]
+    if torch is not None:
+        out["cuda"] = str(torch.version.cuda or "none")
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        out["cudnn"] = str(cudnn) if cudnn else "none"
+        get_capability = getattr(torch.backends.cpu, "get_cpu_capability", None)
+        if get_capability is not None:  # AVX2 vs AVX512 kernels can change CPU results between machines
+            out["torch_cpu_capability"] = str(get_capability())
+        if torch.cuda.is_available():
+            out["device"] = torch.cuda.get_device_name(torch.cuda.current_device())
+    commit = git_commit(Path(__file__).resolve().parent)
+    if commit:
+        out["git_commit"] = commit
     return out
+
+
+def _import_torch() -> Any:
+    """torch, or None where it is not installed (the worlds render without it)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _package_version(module: str, dist: str) -> str:
+    """The imported module's version if it is loaded, else the installed distribution's (without importing it:
+    open_clip or h5py take seconds to import)."""
+    import importlib.metadata
+
+    mod = sys.modules.get(module)
+    version = getattr(mod, "__version__", None) if mod is not None else None
+    if version:
+        return str(version)
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def git_commit(path: str | os.PathLike[str], timeout: float = 5.0) -> str | None:
+    """The commit of the git checkout that holds ``path`` (a folder of tracked files), with ``-dirty`` when tracked
+    files have uncommitted changes; None without git, outside a checkout, or for an installed copy that merely lies
+    inside some repository (its files are not tracked there)."""
+    import subprocess
+
+    # no GIT_DIR & co. from a calling hook; no index lock: concurrent git commands in the checkout must not fail
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env["GIT_OPTIONAL_LOCKS"] = "0"
+    folder = Path(path)
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(folder), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
+        return done.stdout.strip()
+
+    try:
+        tracked = git("ls-files")
+        if not tracked:
+            return None
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        return None
+    return commit + ("-dirty" if dirty else "") if commit else None

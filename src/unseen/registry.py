@@ -6,7 +6,7 @@ A model registers with the setting it belongs to and the dataclass that is its c
     class MgMRN(nn.Module):
         def __init__(self, cfg: MgMRNConfig, **context): ...
 
-``create_model("mgmrn", {"n_levels": 1}, **context)`` validates the overrides against the schema (unknown keys
+``create_model("mgmrn", {"levels": [3]}, **context)`` validates the overrides against the schema (unknown keys
 are rejected with the valid ones listed), builds the model and checks it against the setting's model interface
 (:func:`register_interface`). ``fit`` declares how the run protocol fits it: ``engine`` (trained, the default),
 ``closed_form`` (solved in closed form; the setting's closed-form interface) or ``none`` (nothing to train).

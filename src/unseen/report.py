@@ -205,3 +205,174 @@ def plot_seen_unseen_curve(result: Any, path: str | Path, title: str = "") -> Pa
     ax.legend(fontsize=8)
     ax.set_title(title or "seen-unseen accuracy curve", fontsize=9)
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------- comparing runs
+# config keys that do not change a run's numbers: runs differing only in these (and the seed) are one group
+_NOT_THE_EXPERIMENT = ("seed", "name", "output_dir", "notes", "train.progress", "train.log_to")
+
+
+def find_runs(patterns: Sequence[str | Path]) -> list[Path]:
+    """Finished run folders (with a ``results.json``) named by paths or globs; a folder that is not a run is
+    searched for runs below it (e.g. a demo or seed-sweep folder)."""
+    import glob
+
+    found: dict[Path, None] = {}
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(pattern))) or []
+        if not matches:
+            raise FileNotFoundError(f"{pattern}: no such run folder")
+        for m in map(Path, matches):
+            if m.is_file() and m.name == "results.json":
+                m = m.parent
+            if (m / "results.json").is_file():
+                found[m.resolve()] = None
+            elif m.is_dir():
+                found.update(dict.fromkeys(sorted(p.parent.resolve() for p in m.rglob("results.json"))))
+    if not found:
+        raise FileNotFoundError(f"{', '.join(map(str, patterns))}: no finished runs (results.json) found")
+    return list(found)
+
+
+def _experiment_key(run_dir: Path) -> str:
+    """A hash of the run's config without the keys that do not change the experiment (the seed among them)."""
+    import hashlib
+    import json
+
+    from unseen.config import load_yaml
+
+    tree = load_yaml(run_dir / "config.yaml")
+    for dotted in _NOT_THE_EXPERIMENT:
+        *parents, last = dotted.split(".")
+        node = tree
+        for p in parents:
+            node = node.get(p) or {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """One finished run, flattened for comparison: headline metrics and the labelled test-selected block."""
+    import json
+
+    from unseen.io import DataFormatError
+
+    try:
+        res = json.loads((run_dir / "results.json").read_text())
+        values = {
+            **res["metrics"],
+            **{k: v for k, v in res.get("oracle_test_selected", {}).items() if k != "note"},
+        }
+        return {
+            "run": str(run_dir),
+            "setting": res["setting"],
+            "method": res["method"],
+            "dataset": res["dataset"],
+            "seed": res.get("seed"),
+            "rule": res.get("selection", {}).get("rule", ""),
+            "experiment": _experiment_key(run_dir),
+            "values": {
+                k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+        }
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataFormatError(f"{run_dir / 'results.json'}: not a results file of unseen ({exc!r})") from None
+
+
+def _columns(setting: str, records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The setting's demo columns where it has them (its headline metrics), else every metric of the runs."""
+    from unseen.registry import get_task
+
+    try:
+        demo = get_task(setting).demo
+    except KeyError:
+        demo = None
+    present = {k for r in records for k in r["values"]}
+    if demo is not None:
+        cols = [(k, h) for k, h in demo.columns if k in present]
+        if cols:
+            return cols
+    keys: dict[str, None] = {}
+    for r in records:
+        keys.update(dict.fromkeys(r["values"]))
+    return [(k, k) for k in keys]
+
+
+def compare_runs(patterns: Sequence[str | Path]) -> dict[str, Any]:
+    """Runs grouped by experiment (same setting, method, dataset and config up to the seed), one row per group
+    with mean ± std (sample std, n - 1) over its seeds. Returns ``{"tables": {setting: (columns, rows)}, "text",
+    "markdown", "csv"}``; values in % as in the demo tables (fractions x 100)."""
+    import csv
+    import io
+    import statistics
+
+    records = [run_record(r) for r in find_runs(patterns)]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["setting"], r["method"], r["dataset"], r["experiment"]), []).append(r)
+    text, md, tables = [], [], {}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        ["setting", "method", "dataset", "n", "seeds", "metric", "mean", "std", "selection", "runs"]
+    )
+    for setting in sorted({k[0] for k in groups}):
+        members = [(k, g) for k, g in groups.items() if k[0] == setting]
+        cols = _columns(setting, [r for _, g in members for r in g])
+        rows = []
+        for (_, method, dataset, _), g in members:
+            seeds = sorted(r["seed"] for r in g if r["seed"] is not None)
+            row: dict[str, Any] = {"method": method, "dataset": dataset, "n": len(g), "seeds": seeds}
+            for key, _ in cols:
+                vals = [100 * float(r["values"][key]) for r in g if key in r["values"]]
+                if not vals:
+                    continue
+                mean = statistics.fmean(vals)
+                std = statistics.stdev(vals) if len(vals) > 1 else None
+                row[key] = f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+                writer.writerow(
+                    [
+                        setting,
+                        method,
+                        dataset,
+                        len(vals),
+                        " ".join(map(str, seeds)),
+                        key,
+                        f"{mean:.4f}",
+                        "" if std is None else f"{std:.4f}",
+                        g[0]["rule"],
+                        " ".join(r["run"] for r in g),
+                    ]
+                )
+            row["rule"] = g[0]["rule"]
+            rows.append(row)
+        header = [("method", "method"), ("dataset", "dataset"), ("n", "n"), *cols]
+        rows_txt = [{**r, "n": str(r["n"])} for r in rows]
+        text.append(
+            format_table(rows_txt, header, title=f"{setting}: mean ± std over seeds (%)", percent=False)
+        )
+        rules = sorted({r["rule"] for r in rows})
+        text.append("selection: " + " | ".join(rules))
+        md.append(f"### {setting}: mean ± std over seeds (%)\n")
+        md.append("| " + " | ".join(h for _, h in header) + " |")
+        md.append("|" + "---|" * len(header))
+        md += ["| " + " | ".join(str(r.get(k, "-")) for k, _ in header) + " |" for r in rows_txt]
+        md.append("\nselection: " + " | ".join(rules) + "\n")
+        tables[setting] = (header, rows)
+    return {
+        "tables": tables,
+        "text": "\n".join(text),
+        "markdown": "\n".join(md) + "\n",
+        "csv": out.getvalue(),
+    }
+
+
+def write_report(report: dict[str, Any], prefix: str | Path) -> list[Path]:
+    """``prefix.csv`` (one line per group and metric: mean, std, seeds, runs) and ``prefix.md``."""
+    from unseen.io import atomic_write_text
+
+    paths = [Path(f"{prefix}.csv"), Path(f"{prefix}.md")]
+    atomic_write_text(paths[0], report["csv"])
+    atomic_write_text(paths[1], report["markdown"])
+    return paths

@@ -42,7 +42,11 @@ def new_run_dir(cfg: RunConfig) -> Path:
     """``output_dir/name``; never reuses an existing folder (use ``--resume`` to continue one)."""
     name = cfg.name or f"{cfg.model.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output_dir) / name
-    if os.environ.get("RANK", "0") == "0" and run_dir.exists() and any(run_dir.iterdir()):
+    if (
+        os.environ.get("RANK", "0") == "0"
+        and run_dir.is_dir()
+        and any(f.name != ".lock" for f in run_dir.iterdir())
+    ):
         raise FileExistsError(
             f"{run_dir} already exists: choose another name= or continue it with --resume {run_dir}"
         )
@@ -62,6 +66,44 @@ def train(
         return run_config(load_run_config(run_dir, list(overrides)), run_dir, resume=True)
     cfg = load_config(resolve_config_path(config) if config else None, list(overrides))
     return run_config(cfg, new_run_dir(cfg))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` or ``0-4`` -> seeds (distinct, in order)."""
+    seeds: list[int] = []
+    try:
+        for part in str(text).split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected integers like 0,1,2 or 0-4, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: expected distinct seeds, got {text!r}")
+    return seeds
+
+
+def train_seeds(
+    config: str | Path, overrides: Sequence[str] = (), seeds: Sequence[int] = (0, 1, 2)
+) -> tuple[Path, dict[str, Any]]:
+    """One run per seed in ``output_dir/<name>/seed<S>``, then :func:`unseen.report.compare_runs` over them; the
+    report is written next to the runs (``report.csv``, ``report.md``)."""
+    from unseen import report
+
+    path = resolve_config_path(config)
+    first = load_config(path, list(overrides))
+    sweep = Path(first.output_dir) / (
+        first.name or f"{first.model.name}_{first.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    if sweep.exists() and any(sweep.iterdir()):
+        raise FileExistsError(f"{sweep} already exists: choose another name=")
+    for seed in seeds:
+        cfg = load_config(path, [*overrides, f"seed={seed}"])
+        cfg.output_dir, cfg.name = str(sweep), f"seed{seed}"
+        log.info("seed sweep: seed %d of %s", seed, list(seeds))
+        run_config(cfg, new_run_dir(cfg))
+    rep = report.compare_runs([sweep])
+    report.write_report(rep, sweep / "report")
+    return sweep, rep
 
 
 def run_config(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
@@ -93,6 +135,8 @@ def predict(
     ``checkpoint`` = a run folder (or a file inside it). ``classes``: ``all`` (GZSL space), ``seen``, ``unseen``,
     or comma-separated names. Returns ``[{"image", "top": [{"class", "score", "seen"}, ...]}, ...]``.
     """
+    if topk < 1:
+        raise ValueError(f"--topk: expected a positive number of classes, got {topk}")
     run_dir = run_folder(checkpoint)
     for path in images:
         if not Path(path).is_file():
@@ -111,8 +155,14 @@ def demo_row(results: dict[str, Any], elapsed: str = "") -> dict[str, Any]:
     }
 
 
-def demo(setting: str = "attribute", output_dir: str | Path = "runs", overrides: Sequence[str] = ()) -> str:
-    """Train and evaluate every method of ``setting`` on the embedded benchmark; return the printed table."""
+def demo(
+    setting: str = "attribute",
+    output_dir: str | Path = "runs",
+    overrides: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
+) -> str:
+    """Train and evaluate every method of ``setting`` on the embedded benchmark; return the printed table. With
+    ``seeds``, every method runs once per training seed (world fixed) and the table shows mean ± std."""
     from unseen import report
 
     spec = get_task(setting).demo
@@ -121,17 +171,27 @@ def demo(setting: str = "attribute", output_dir: str | Path = "runs", overrides:
     rows: list[dict[str, Any]] = []
     chance = None
     t0 = time.perf_counter()
-    for name in spec.methods:
-        cfg = load_config(resolve_config_path(f"{setting}/{name}"), [f"output_dir={root}", *overrides])
-        cfg.name = cfg.model.name
-        log.info("demo: %s", cfg.model.name)
-        t = time.perf_counter()
-        res = run_config(cfg, new_run_dir(cfg))
-        rows.append(demo_row(res, f"{time.perf_counter() - t:.0f}s"))
-        chance = res.get("chance")
-    if chance is not None:
-        rows.append({"method": "chance (random scores)", **chance, "time": ""})
-    table = report.format_table(rows, spec.columns, title=spec.title)
+    sweep: list[int | None] = list(seeds) if seeds else [None]
+    for seed in sweep:
+        for name in spec.methods:
+            extra = [] if seed is None else [f"seed={seed}"]
+            cfg = load_config(
+                resolve_config_path(f"{setting}/{name}"), [f"output_dir={root}", *overrides, *extra]
+            )
+            cfg.name = cfg.model.name if seed is None else f"{cfg.model.name}-seed{seed}"
+            log.info("demo: %s", cfg.name)
+            t = time.perf_counter()
+            res = run_config(cfg, new_run_dir(cfg))
+            rows.append(demo_row(res, f"{time.perf_counter() - t:.0f}s"))
+            chance = res.get("chance")
+    if seeds:
+        rep = report.compare_runs([root])
+        report.write_report(rep, root / "report")
+        table = f"{spec.title}\n{rep['text']}"
+    else:
+        if chance is not None:
+            rows.append({"method": "chance (random scores)", **chance, "time": ""})
+        table = report.format_table(rows, spec.columns, title=spec.title)
     table += f"\n{spec.footer}\nrun folders and plots: {root}   total {time.perf_counter() - t0:.0f}s"
     (root / "summary.txt").write_text(table + "\n")
     return table

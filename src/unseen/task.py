@@ -34,10 +34,20 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from unseen.config import RunConfig, config_hash, dump_yaml, load_run_config, to_dict
-from unseen.engine import Engine, EvalFn, FitResult, LossFn, resolve_device
-from unseen.io import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors, versions
+from unseen.config import ConfigError, RunConfig, config_hash, dump_yaml, load_run_config, to_dict
+from unseen.engine import (
+    CHECKPOINT_STATE,
+    Engine,
+    EvalFn,
+    FitResult,
+    LossFn,
+    load_state_checked,
+    resolve_device,
+    settle_checkpoint,
+)
+from unseen.io import atomic_write_json, atomic_write_text, save_safetensors, versions
 from unseen.registry import Entry, get_dataset_entry, get_model_entry, get_task
+from unseen.tracking import Tracker
 
 log = logging.getLogger("unseen")
 
@@ -110,6 +120,67 @@ def select_classes(names: Sequence[str], seen: Sequence[int], classes: str) -> n
             f"(e.g. {', '.join(list(names)[:5])})"
         )
     return np.array([list(names).index(c) for c in wanted])
+
+
+class RunFolderClaim:
+    """Exclusive ownership of a run folder for one process (rank 0), held until :meth:`release`.
+
+    The folder is created if needed and ``.lock`` in it is locked (``flock``: released by the OS when the process
+    dies, so a killed run can be resumed at once). A second run into the same folder is refused before it writes
+    anything; a new run (not ``resume``) is refused if the folder already holds files."""
+
+    LOCK = ".lock"
+
+    def __init__(self, run_dir: Path, resume: bool) -> None:
+        import fcntl
+
+        if run_dir.exists() and not run_dir.is_dir():
+            raise FileExistsError(f"{run_dir}: exists and is not a folder (check output_dir / name)")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise FileExistsError(
+                f"{run_dir}: cannot create it: a parent is a file (check output_dir)"
+            ) from None
+        self.fd = os.open(run_dir / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise FileExistsError(
+                f"{run_dir}: another unseen process (pid {holder}) is writing to this run folder; wait for it or "
+                "choose another name="
+            ) from None
+        others = [f.name for f in run_dir.iterdir() if f.name != self.LOCK]
+        if others and not resume:
+            self.release()
+            raise FileExistsError(
+                f"{run_dir} already exists: choose another name= or continue it with --resume {run_dir}"
+            )
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = -1
+
+
+def require_weights(model_cfg: Any, key: str, what: str) -> None:
+    """On a real dataset, refuse a model whose pretrained weights are not set: the user would train (or evaluate)
+    a random network for hours. Called by the real datasets' builders, before any work."""
+    if getattr(model_cfg, key, None) or getattr(model_cfg, "pretrained", False):
+        return
+    if getattr(model_cfg, "allow_random_init", False):
+        log.warning(
+            "model.%s is not set: a randomly initialised %s (model.allow_random_init=true)", key, what
+        )
+        return
+    raise ConfigError(
+        f"model.{key} is not set: a randomly initialised {what} would be trained; set it, or "
+        "model.allow_random_init=true"
+    )
 
 
 def val_record(history: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
@@ -187,13 +258,29 @@ class Task:
         """Figures under ``plots/``; exceptions are caught by the caller (a plot never loses a run)."""
 
     def save_model(self, fitted: Fitted) -> None:
-        save_safetensors(self.run_dir / self.weights_file, fitted.model.state_dict())
+        meta = {"model": self.cfg.model.name, "setting": self.setting}
+        save_safetensors(self.run_dir / self.weights_file, fitted.model.state_dict(), metadata=meta)
 
     def restore_weights(self, model: nn.Module, path: Path) -> None:
-        model.load_state_dict(load_safetensors(path))
+        load_state_checked(model, path, self.cfg.model.name)
 
     # ------------------------------------------------------------------------------------- the protocol
     def run(self) -> dict[str, Any]:
+        if self.rank != 0:  # torchrun: rank 0 owns the folder and writes its files
+            return self._run()
+        claim = RunFolderClaim(self.run_dir, self.resume)
+        try:
+            self.tracker = Tracker(self.run_dir, self.cfg.train.log_to, to_dict(self.cfg))
+            try:
+                return self._run()
+            finally:
+                self.tracker.close()
+        finally:
+            claim.release()
+
+    tracker: Tracker | None = None
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
@@ -237,6 +324,9 @@ class Task:
                 self.plots(fitted, tested, results)
             except Exception as exc:  # a plot must never lose a finished run
                 log.warning("could not write the plots: %s", exc)
+            if self.tracker is not None:
+                self.tracker.log_scalars(tested.metrics, step=0, prefix="test")
+                self.tracker.log_images(self.run_dir / "plots")
         return results
 
     def fit(self) -> Fitted:
@@ -276,8 +366,10 @@ class Task:
         """One engine run in ``run_dir/phase`` (resumed from its last checkpoint when the run is resumed)."""
         phase_dir = self.run_dir / phase
         engine = Engine(self.cfg.train, phase_dir, seed=self.cfg.seed)
-        resume = self.resume and (phase_dir / "last.state.pt").is_file()
-        meta = {"config": json.dumps(to_dict(self.cfg)), "phase": phase}
+        resume = self.resume and self.rank == 0 and settle_checkpoint(phase_dir)
+        if self.resume and self.rank != 0:
+            resume = (phase_dir / CHECKPOINT_STATE).is_file()
+        meta = {"config": json.dumps(to_dict(self.cfg)), "phase": phase, "model": self.cfg.model.name}
         return engine.fit(
             model,
             train_set,
@@ -288,6 +380,7 @@ class Task:
             epochs=epochs,
             resume=resume,
             meta=meta,
+            tracker=self.tracker,
         )
 
     # ------------------------------------------------------------------------------------- finished runs

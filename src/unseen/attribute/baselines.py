@@ -53,6 +53,7 @@ class ESZSLConfig:
     )
     backbone_weights: str | None = None
     pretrained: bool = False
+    allow_random_init: bool = False  # real datasets refuse a backbone without weights unless this is set
     tiny_widths: list[int] = field(default_factory=lambda: [32, 64, 128])
 
     def __post_init__(self) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from unseen.io import DataFormatError, safe_pickle_load
+from unseen.io import DataFormatError, read_image, safe_pickle_load
 
 SPLIT_FIELDS = ("trainval_loc", "test_seen_loc", "test_unseen_loc")
 VAL_FIELDS = ("train_loc", "val_loc")
@@ -707,16 +707,7 @@ class ImageListDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.paths[i]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except FileNotFoundError:
-            raise DataFormatError(f"{path}: image not found") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataFormatError(f"{path}: image unreadable ({type(exc).__name__}: {exc})") from None
+        img = read_image(self.paths[i])
         return (self.transform(img) if self.transform is not None else img), int(self.labels[i])
 
 

@@ -23,7 +23,8 @@ from unseen.engine import Engine
 from unseen.io import cache_root, save_safetensors, short_hash, single_process_cache
 from unseen.registry import register_dataset
 from unseen.shapes import AttributeWorldConfig, export_attribute_world
-from unseen.task import Prepared
+from unseen.shapes.common import recorded_fingerprints
+from unseen.task import Prepared, require_weights
 
 log = logging.getLogger("unseen")
 
@@ -78,6 +79,8 @@ def prepare_xlsa17(cfg: XLSA17Config, model_cfg: Any = None) -> Prepared:
         raise ValueError(
             "data.root: the folder holding att_splits.mat is required (data.root=/path/to/xlsa17/CUB)"
         )
+    if model_cfg is not None and getattr(model_cfg, "backbone", "") != "res101.mat":
+        require_weights(model_cfg, "backbone_weights", f"{model_cfg.backbone} backbone")
     data = load_xlsa17(
         cfg.root,
         cfg.dataset or None,
@@ -130,7 +133,7 @@ def prepare_shapes(cfg: AttributeShapesConfig, model_cfg: Any = None) -> Prepare
     return Prepared(
         AttributeData(data, world_cfg.image_size, cfg.val_holdout),
         suggestions={"backbone_weights": weights} if weights else {},
-        world=to_dict(world_cfg),
+        world={**to_dict(world_cfg), **recorded_fingerprints(root)},
     )
 
 

@@ -51,6 +51,8 @@ __all__ = [
     "evaluate_attribute",
     "select_gamma",
     "harmonic_mean",
+    "release_epoch_metrics",
+    "release_selection",
 ]
 
 
@@ -570,3 +572,64 @@ def evaluate_attribute(
             oracle_S=g.S, oracle_U=g.U, oracle_H=g.H, oracle_gamma=g.gamma, oracle_exact_H=exact.best.H
         )
     return out
+
+
+# --------------------------------------------------------------------------------------------- release protocol
+
+
+def release_epoch_metrics(
+    scores: Any,
+    labels: Any,
+    seen_classes: Any,
+    unseen_classes: Any,
+    *,
+    seen_mask: Any = None,
+    step: float = 0.01,
+) -> dict[str, float]:
+    """One epoch of the Mg-MRN release's test-time report (``inferencer.eval_zs_gzsl``), on the TEST set.
+
+    ``czsl_top1``: CZSL on the unseen images (unseen columns only). ``S``, ``U``, ``H``, ``gamma``: the best H of the
+    release's reference grid (``oracle_grid_sweep``: float32, gamma_k = float32(k * step), k = 0, -1, ... then 1,
+    ...; first point on ties). Fractions in [0, 1]; gamma in score units. ``nan`` S/U/H/gamma when the grid would be
+    too large (warning), as in ``evaluate_attribute``.
+    """
+    p = _prepare(scores, labels, seen_classes, unseen_classes, seen_mask)
+    czsl = (
+        czsl_accuracy(p.scores[p.unseen_img], p.labels[p.unseen_img], p.unseen)
+        if p.unseen_img.any()
+        else float("nan")
+    )
+    try:
+        g = oracle_grid_sweep(p.scores, p.labels, p.seen, p.unseen, step, seen_mask=p.seen_img).best
+    except GridTooLargeError as exc:
+        log.warning("release grid skipped: %s", exc)
+        nan = float("nan")
+        g = GZSLResult(nan, nan, nan, nan)
+    return {"czsl_top1": czsl, "S": g.S, "U": g.U, "H": g.H, "gamma": g.gamma}
+
+
+def release_selection(per_epoch: Any) -> dict[str, Any]:
+    """The release's bookkeeping over epochs (``train.py``): the best-ever T1, and S/U/H/gamma of the epoch with the
+    best H. Both keep the first epoch on ties (the release updates on a strict ``>``); nan values never win.
+
+    ``per_epoch``: records ``{"epoch", "czsl_top1", "S", "U", "H", "gamma"}`` (``release_epoch_metrics`` + epoch),
+    in training order. Returns ``czsl_top1`` + ``czsl_top1_epoch`` and ``S``, ``U``, ``H``, ``gamma``, ``epoch``
+    (0-based epochs; ``-1`` and nan when no epoch has a finite value).
+    """
+    recs = list(per_epoch)
+    if not recs:
+        raise ValueError("release_selection: no per-epoch records")
+    nan = float("nan")
+    best_t1, t1_epoch = -math.inf, -1
+    best_h: dict[str, Any] = {"S": nan, "U": nan, "H": nan, "gamma": nan, "epoch": -1}
+    for r in recs:
+        t1, h = float(r["czsl_top1"]), float(r["H"])
+        if t1 > best_t1:  # nan compares False: never selected
+            best_t1, t1_epoch = t1, int(r["epoch"])
+        if h > (best_h["H"] if best_h["epoch"] >= 0 else -math.inf):
+            best_h = {k: float(r[k]) for k in ("S", "U", "H", "gamma")} | {"epoch": int(r["epoch"])}
+    return {
+        "czsl_top1": best_t1 if t1_epoch >= 0 else nan,
+        "czsl_top1_epoch": t1_epoch,
+        **best_h,
+    }

@@ -5,6 +5,7 @@ GEM-ZSL where the release lacks files."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class MgMRNConfig:
     backbone: str = "resnet101"  # resnet101 | resnet50 | tiny
     backbone_weights: str | None = None  # local .safetensors/.pth (torchvision keys)
     pretrained: bool = False  # torchvision IMAGENET1K_V1 when no weights file is given (online only)
+    allow_random_init: bool = False  # real datasets refuse a backbone without weights unless this is set
     tiny_widths: list[int] = field(default_factory=lambda: [32, 64, 128])
     width: int = 2048  # channels of the level maps F_l (and of R_l, Z_l)
     model_dim: int = 1024  # VSD model dimension M
@@ -87,6 +89,10 @@ def gn_groups(channels: int) -> int:
 
 
 def _no_autocast(t: torch.Tensor):
+    if (
+        t.device.type == "meta"
+    ):  # no autocast backend for meta tensors (shape/FLOP analysis, see the benchmark)
+        return contextlib.nullcontext()
     return torch.autocast(t.device.type, enabled=False)
 
 

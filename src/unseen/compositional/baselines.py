@@ -53,6 +53,7 @@ class ClipModelConfig:
         "ViT-L-14-quickgelu"  # any open_clip architecture; unseen-tiny-clip / unseen-test-clip packaged
     )
     clip_weights: str | None = None  # local weights file; None = random init; "openai" = open_clip's (online)
+    allow_random_init: bool = False  # real datasets refuse a CLIP without weights unless this is set
     text_chunk: int = (
         1024  # prompts per text-tower call (memory bound on C-GQA: 5,592 train / 278k OW prompts)
     )

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from unseen.io import DataFormatError, UnsafeFileError, atomic_path
+from unseen.io import DataFormatError, UnsafeFileError, atomic_path, read_image
 
 log = logging.getLogger("unseen")
 
@@ -471,6 +471,15 @@ def load_czsl(
         unlisted_pairs=dict(unlisted),
         sources={"metadata": str(meta_path), **{s: str(split_dir / f"{s}_pairs.txt") for s in SETS}},
     )
+    if unlisted:  # the reference loaders drop them too; say so, with what was dropped
+        log.warning(
+            "%s: %d metadata entries skipped: their pair is in no pair file of %s (%d distinct pairs, e.g. %s)",
+            meta_path,
+            skipped["pair_not_listed"],
+            split_dir,
+            len(unlisted),
+            next(iter(unlisted)),
+        )
     if check_images:
         seen: set[str] = set()
         missing = []
@@ -584,8 +593,9 @@ def check_czsl(root: str | os.PathLike[str], split: str = DEFAULT_SPLIT) -> list
     missing = d.missing_images or []
     n_unique = len(set(d.train.images) | set(d.val.images) | set(d.test.images))
     lines.append(
-        f"images on disk: {n_unique - len(missing)} of {n_unique} found"
-        + (f"; MISSING {len(missing)} (first: {missing[0]})" if missing else "")
+        ("ERROR " if missing else "")
+        + f"images on disk: {n_unique - len(missing)} of {n_unique} found"
+        + (f"; MISSING {len(missing)} (first: {d.image_path(missing[0])})" if missing else "")
     )
     if d.dataset in KNOWN_COUNTS and d.split == DEFAULT_SPLIT:
         k = KNOWN_COUNTS[d.dataset]
@@ -653,16 +663,7 @@ class CZSLImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[Any, int, int, int]:
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.root / self.images[i]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except FileNotFoundError:
-            raise DataFormatError(f"{path}: image not found") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataFormatError(f"{path}: image unreadable ({type(exc).__name__}: {exc})") from None
+        img = read_image(self.root / self.images[i])
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.attr[i]), int(self.obj[i]), int(self.pair[i])

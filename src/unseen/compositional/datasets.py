@@ -24,8 +24,9 @@ from unseen.compositional.pretrain import CLIPPretrainConfig, pretrained_path, p
 from unseen.config import build_dataclass, to_dict
 from unseen.io import cache_root, single_process_cache
 from unseen.registry import register_dataset
+from unseen.shapes.common import recorded_fingerprints
 from unseen.shapes.compositional_world import CompositionalWorldConfig, cached_compositional_world, world_key
-from unseen.task import Prepared
+from unseen.task import Prepared, require_weights
 
 
 @dataclass
@@ -78,6 +79,8 @@ def prepare_czsl(cfg: CZSLConfig, model_cfg: Any = None) -> Prepared:
         raise ValueError(
             "data.root: the dataset folder (with images/ and compositional-split-natural/) is required"
         )
+    if model_cfg is not None:
+        require_weights(model_cfg, "clip_weights", f"CLIP {model_cfg.clip_arch}")
     data = load_czsl(cfg.root, cfg.split, check_images=cfg.check_images)
     if data.missing_images:
         raise FileNotFoundError(
@@ -89,8 +92,10 @@ def prepare_czsl(cfg: CZSLConfig, model_cfg: Any = None) -> Prepared:
 
 @register_dataset("shapes", setting="compositional", config=CompositionalShapesConfig)
 def prepare_shapes(cfg: CompositionalShapesConfig, model_cfg: Any = None) -> Prepared:
-    """The embedded compositional world; for a model on the world's small CLIP architecture without weights, suggests
-    that CLIP pretrained on train-pair images and captions only."""
+    """The embedded compositional world (small CLIP pretrained on its train pairs suggested as the weights).
+
+    For a model on the world's small CLIP architecture without weights, it suggests that CLIP, pretrained on
+    train-pair images and captions only."""
 
     wcfg = build_dataclass(CompositionalWorldConfig, cfg.world, "data.world")
     wcfg.validate()
@@ -109,5 +114,5 @@ def prepare_shapes(cfg: CompositionalShapesConfig, model_cfg: Any = None) -> Pre
     return Prepared(
         CompositionalData(data, wcfg.image_size, _feasibility(data, "", str(root / "glove.txt"))),
         suggestions={"clip_weights": weights} if weights else {},
-        world={"world": to_dict(wcfg), "pretrain": to_dict(pcfg)},
+        world={"world": to_dict(wcfg), "pretrain": to_dict(pcfg), **recorded_fingerprints(root)},
     )

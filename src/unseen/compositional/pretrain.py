@@ -40,13 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
 from unseen.compositional.clip import create_clip, get_tokenizer, prompt_name, register_tiny_configs, tokenize
 from unseen.config import to_dict
 from unseen.engine import progress
-from unseen.io import DataFormatError, cache_root, load_torch, save_safetensors, short_hash
+from unseen.io import DataFormatError, cache_root, load_torch, read_image, save_safetensors, short_hash
 from unseen.shapes.compositional_world import NA, SPLIT_NAME
 
 log = logging.getLogger("unseen")
@@ -136,11 +135,7 @@ def _load_images(paths: Sequence[Path]) -> Tensor:
     """uint8 (N, 3, H, W) from image files (all must have one size)."""
     arrays = []
     for p in paths:
-        try:
-            with Image.open(p) as im:
-                arrays.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-        except FileNotFoundError:
-            raise DataFormatError(f"{p}: image file not found") from None
+        arrays.append(np.asarray(read_image(p), dtype=np.uint8))
     if len({a.shape for a in arrays}) > 1:
         raise DataFormatError(
             f"{paths[0].parent}: images of different sizes {sorted({a.shape for a in arrays})}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,8 +26,8 @@ from unseen.compositional.data import CZSLImageDataset, clip_transforms
 from unseen.compositional.datasets import CompositionalData
 from unseen.compositional.metrics import CZSLResult, StreamingEvaluator, ThresholdSearch, open_world_keep_mask
 from unseen.config import EvalConfig, RunConfig, load_run_config
-from unseen.engine import LossFn, progress
-from unseen.io import atomic_write_json, load_safetensors, short_hash
+from unseen.engine import LossFn, load_state_checked, progress
+from unseen.io import atomic_write_json, read_image, short_hash
 from unseen.registry import create_model, register_task
 from unseen.task import DemoSpec, Fitted, Predictor, Task, Tested
 
@@ -88,6 +89,34 @@ def stream_scores(
             keep = cols >= 0
             ev.update(s[:, keep], rows, cols[keep])
         row += s.shape[0]
+
+
+def rescorer(
+    model: nn.Module,
+    loader: DataLoader,
+    pairs: torch.Tensor,
+    cols: np.ndarray,
+    device: torch.device,
+    text_chunk: int,
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``rescore(rows)`` for :meth:`StreamingEvaluator.result`: the full rows of the samples the evaluator flagged
+    (near-ties merged by the bias), recomputed with the streamed batch boundaries so that every value equals the
+    streamed one (on a GPU a score can depend on its batch). Only the batches holding those rows are re-run."""
+    dataset, bs = loader.dataset, int(loader.batch_size or 1)
+
+    @torch.no_grad()
+    def rescore(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cache = model.encode_pairs(pairs.to(device), text_chunk)
+        out = np.empty((len(rows), len(cols)), np.float32)
+        for b in np.unique(rows // bs):
+            idx = range(int(b) * bs, min((int(b) + 1) * bs, len(dataset)))  # type: ignore[arg-type]
+            images = torch.stack([dataset[i][0] for i in idx])
+            s = model.score(model.encode_images(images.to(device)), cache)["scores"].float().cpu().numpy()
+            here = np.flatnonzero(rows // bs == b)
+            out[here] = s[rows[here] - int(b) * bs]
+        return out, cols
+
+    return rescore
 
 
 def _result_dict(r: CZSLResult) -> dict[str, float]:
@@ -184,10 +213,6 @@ class CompositionalTask(Task):
     def selection_rule(self) -> str:
         return "epoch with the best closed-world validation AUC (candidates: train + val pairs)"
 
-    def restore_weights(self, model: nn.Module, path: Path) -> None:
-        # trainable weights only: the frozen CLIP is not in the file, it comes from model.clip_weights
-        model.load_state_dict(load_safetensors(path), strict=False)
-
     # ---- evaluation
     def closed_world(self, model: nn.Module, split: str) -> CZSLResult:
         d = self.data
@@ -200,16 +225,10 @@ class CompositionalTask(Task):
             d.split_data(split).obj,
         )
         cand = np.flatnonzero(d.eval_mask(split))
-        stream_scores(
-            model,
-            self.loader(split),
-            _pairs_tensor(d.pair_attr[cand], d.pair_obj[cand]),
-            [(ev, cand)],
-            self.device,
-            self.cfg.model.text_chunk,
-            f"{split} (closed world)",
-        )
-        return ev.result()
+        loader, pairs = self.loader(split), _pairs_tensor(d.pair_attr[cand], d.pair_obj[cand])
+        chunk = self.cfg.model.text_chunk
+        stream_scores(model, loader, pairs, [(ev, cand)], self.device, chunk, f"{split} (closed world)")
+        return ev.result(rescore=rescorer(model, loader, pairs, cand, self.device, chunk))
 
     def open_world(self, model: nn.Module) -> tuple[CZSLResult, dict[str, Any]]:
         """Threshold chosen on validation (one pass), then the test evaluation with the kept columns."""
@@ -232,15 +251,10 @@ class CompositionalTask(Task):
         keep = open_world_keep_mask(seen, f, th.threshold)
         ev = StreamingEvaluator(ow_pairs, seen, keep, d.targets("test", "open"), d.test.attr, d.test.obj)
         cols = np.flatnonzero(keep)
-        stream_scores(
-            model,
-            self.loader("test"),
-            _pairs_tensor(ow_attr[cols], ow_obj[cols]),
-            [(ev, cols)],
-            self.device,
-            self.cfg.model.text_chunk,
-            "test (open world)",
-        )
+        loader, pairs = self.loader("test"), _pairs_tensor(ow_attr[cols], ow_obj[cols])
+        chunk = self.cfg.model.text_chunk
+        stream_scores(model, loader, pairs, [(ev, cols)], self.device, chunk, "test (open world)")
+        ow_result = ev.result(rescore=rescorer(model, loader, pairs, cols, self.device, chunk))
         info = {
             "threshold": th.threshold,
             "val_AUC": th.best_auc,
@@ -249,7 +263,7 @@ class CompositionalTask(Task):
             "rule": "first best validation AUC over 50 feasibility thresholds; "
             "infeasible unseen pairs excluded",
         }
-        return ev.result(), info
+        return ow_result, info
 
     def test(self, fitted: Fitted) -> Tested:
         d, model = self.data, fitted.model
@@ -262,7 +276,8 @@ class CompositionalTask(Task):
         extra = {
             "data_root": str(d.root),
             "open_world": ow_info,
-            "ambiguous_samples_cw": cw.n_ambiguous,
+            "ambiguous_samples_cw": cw.n_ambiguous,  # near-ties left unresolved (0: resolved exactly)
+            "resolved_samples_cw": cw.n_resolved,
             "counts": {
                 "attrs": d.n_attrs,
                 "objs": d.n_objs,
@@ -327,15 +342,13 @@ class CompositionalTask(Task):
     def plot_query_attention(self, model: nn.Module, n_queries: int = 6) -> None:
         """Attention of a few refinement queries over the patches of an unseen-pair test image (models with
         queries, e.g. Refiner-R)."""
-        from PIL import Image
-
         from unseen import report
 
         d = self.data
         unseen = np.flatnonzero(~d.seen_samples("test"))
         i = int(unseen[0]) if len(unseen) else 0
         path = d.image_path(d.test.images[i])
-        x = clip_transforms(self.image_size, train=False)(Image.open(path).convert("RGB"))
+        x = clip_transforms(self.image_size, train=False)(read_image(path))
         model.eval()
         try:
             att = model.encode_images(x[None].to(self.device), return_attention=True).attention
@@ -347,7 +360,7 @@ class CompositionalTask(Task):
         side = int(round(np.sqrt(a.shape[1])))
         top = np.argsort(-a.max(1))[:n_queries]
         maps = a[top].reshape(len(top), side, side)
-        img = np.asarray(Image.open(path).convert("RGB").resize((self.image_size,) * 2), np.float32) / 255
+        img = np.asarray(read_image(path).resize((self.image_size,) * 2), np.float32) / 255
         a_, o_ = d.test.attr[i], d.test.obj[i]
         # one row: the image, then one column per query (the strongest-peaked ones, last refinement step)
         report.plot_attention_maps(
@@ -374,7 +387,9 @@ class CompositionalTask(Task):
         model = create_model(
             m.name, m, "compositional", clip_model=clip, attr_names=vocab["attrs"], obj_names=vocab["objs"]
         )
-        model.load_state_dict(load_safetensors(weights), strict=False)  # the frozen CLIP is not in the file
+        load_state_checked(
+            model, weights, m.name
+        )  # trainable tensors only: the frozen CLIP is not in state_dict()
         return model.eval()
 
     def load_fitted(self, selection: dict[str, Any]) -> Fitted:
@@ -384,8 +399,6 @@ class CompositionalTask(Task):
     @classmethod
     def predictor(cls, run_dir: Path) -> Predictor:
         """(state, object) pairs among the closed-world pairs; names are written ``state object``."""
-        from PIL import Image
-
         cfg = load_run_config(run_dir)
         model = cls.load_model(run_dir, cfg)
         vocab = json.loads((run_dir / "vocab.json").read_text())
@@ -399,7 +412,7 @@ class CompositionalTask(Task):
             cache = model.encode_pairs(torch.as_tensor(cand, dtype=torch.long), cfg.model.text_chunk)
 
             def score(path: str) -> torch.Tensor:
-                x = tf(Image.open(path).convert("RGB"))[None]
+                x = tf(read_image(path))[None]
                 return model.score(model.encode_images(x), cache)["scores"][0]
 
             return score

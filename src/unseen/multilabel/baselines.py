@@ -33,6 +33,8 @@ def _rank_loss(
 
 @dataclass
 class GlobalLinearConfig:
+    """The global-linear baseline: mean region feature projected into the label-embedding space."""
+
     name: str = "global_linear"
     dropout: float = 0.0
     margin: float = 1.0
@@ -59,6 +61,8 @@ class GlobalLinear(nn.Module):
 
 @dataclass
 class BiAMConfig:
+    """BiAM (Narayan et al., ICCV'21): region-level and scene-level attention over the region features."""
+
     name: str = "biam"
     dim: int = 256  # region feature width after the stem
     heads: int = 8  # region-context heads (8 on NUS-WIDE)

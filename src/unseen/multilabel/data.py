@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from unseen.io import DataFormatError, atomic_path, safe_pickle_load
+from unseen.io import DataFormatError, atomic_path, open_h5, safe_pickle_load
 
 NUS_TAGS_FILE = "TagList1k.txt"
 NUS_CONCEPTS_FILE = "Concepts81.txt"
@@ -485,7 +485,6 @@ class BiAMH5Dataset(Dataset):
         feature_shape: tuple[int, int] = FEATURE_SHAPE,
         check_keys: bool = True,
     ) -> None:
-        import h5py
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -502,11 +501,17 @@ class BiAMH5Dataset(Dataset):
         self.feature_shape = (int(feature_shape[0]), int(feature_shape[1]))
         self.label_select = None if label_select is None else np.asarray(label_select, np.int64)
         try:
-            with h5py.File(self.path, "r") as f:
+            with open_h5(self.path) as f:
                 keys = set(f.keys())
                 if names is None:
-                    suffix = "-features"
-                    self.names = [k[: -len(suffix)] for k in f.keys() if k.endswith(suffix)]
+                    # every image named by any of its keys: one with labels but no features is then an error
+                    # (below), not an image silently left out
+                    found: dict[str, None] = {}
+                    for k in f.keys():
+                        for suf in ("features", *self.label_keys):
+                            if k.endswith(f"-{suf}"):
+                                found[k[: -len(suf) - 1]] = None
+                    self.names = list(found)
                     if not self.names:
                         raise DataFormatError(f"{self.path}: no '<name>-features' datasets in the file")
                 else:
@@ -551,9 +556,7 @@ class BiAMH5Dataset(Dataset):
 
     def _file(self) -> Any:
         if self._h5 is None or self._pid != os.getpid():
-            import h5py
-
-            self._h5 = h5py.File(self.path, "r")
+            self._h5 = open_h5(self.path)
             self._pid = os.getpid()
         return self._h5
 
@@ -686,7 +689,7 @@ def _check_nus(root: Path) -> list[str]:
             lines.append(f"  word vectors {fname}: absent")
             continue
         tags, concepts = _read_glove_arrays(p)
-        seen, unseen = load_nus_wide_glove(p, ls, normalize=False)
+        seen, unseen = load_nus_wide_glove(p, ls, normalize=False, dim=None)
         loaded[fname] = (tags, concepts)
         norms = np.linalg.norm(np.concatenate([seen, unseen]), axis=1)
         same = int(np.sum(np.all(tags[ls.overlap_source_index] == concepts[ls.overlap_unseen_index], axis=1)))

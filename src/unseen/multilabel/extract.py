@@ -43,7 +43,7 @@ from unseen.backbones import (
     load_weights,
 )
 from unseen.features import provenance, state_dict_hash
-from unseen.io import DataFormatError, atomic_write_json, file_sha256
+from unseen.io import DataFormatError, atomic_write_json, file_sha256, load_npy, read_image
 from unseen.multilabel.data import h5_name, write_biam_h5
 
 DEFAULT_VIT = "vit_base_patch16_224"
@@ -91,8 +91,7 @@ class Extractor:
         """uint8 tensor 3 x S x S: the RGB image resized (PIL bilinear) to image_size x image_size."""
         from PIL import Image
 
-        with Image.open(path) as im:
-            img = im.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+        img = read_image(path).resize((self.image_size, self.image_size), Image.BILINEAR)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -340,7 +339,7 @@ def extract_items(
         raise DataFormatError(f"{where}: no images listed")
 
     def load(path: str | os.PathLike[str], what: str) -> np.ndarray:
-        arr = np.load(Path(path), allow_pickle=False)
+        arr = load_npy(path, what)
         if arr.ndim != 2 or arr.shape[0] != len(rels):
             raise DataFormatError(
                 f"{path}: {what} must be a 2-D array with one row per image ({len(rels)} rows from "

@@ -1,9 +1,16 @@
 """Multi-label ZSL: the run protocol's multi-label hooks (BiAM-layout features -> model -> engine -> masked metrics).
 
 After every epoch the model scores the validation images on the **seen** labels and the epoch with the best
-``select_metric`` (NUS-WIDE: F1@5) is kept; that checkpoint is tested once. ZSL scores the unseen label embeddings
-only; GZSL scores seen and unseen jointly. Every model here scores each label independently of the others, so the
-ZSL matrix is the unseen columns of the GZSL one. The test set never chooses anything.
+``select_metric`` (NUS-WIDE: F1@5) is kept. With ``data.refit: none`` that checkpoint is tested once; with
+``data.refit: retrain`` a fresh model (same seed and initialisation) then trains on all training images (train +
+validation names, same filter) for the chosen number of epochs in ``refit/``, and that model is the one tested and
+saved. The learning-rate schedule is laid over the refit's own length (as for any run of that many epochs). ZSL
+scores the unseen label embeddings only; GZSL scores seen and unseen jointly. Every model here scores each label
+independently of the others, so the ZSL matrix is the unseen columns of the GZSL one. The test set never chooses
+anything.
+
+``data.biam_compat`` (Open Images) adds, apart from the metrics, the BiAM lineage's pooled mAP
+(:func:`unseen.multilabel.metrics.biam_pooled_map`): the only Open Images mAP that BiAM-lineage papers' numbers can be compared with.
 """
 
 from __future__ import annotations
@@ -19,10 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from unseen.config import EvalConfig, RunConfig, load_run_config
-from unseen.engine import LossFn, progress
+from unseen.engine import LossFn, load_state_checked, progress
 from unseen.io import atomic_write_json, load_safetensors, save_safetensors, short_hash
 from unseen.multilabel.datasets import MultilabelData, dataset_labels
-from unseen.multilabel.metrics import evaluate_multilabel, mean_average_precision
+from unseen.multilabel.metrics import biam_pooled_map, evaluate_multilabel, mean_average_precision
 from unseen.registry import create_model, register_task
 from unseen.task import DemoSpec, Fitted, Predictor, Task, Tested
 
@@ -136,10 +143,37 @@ class MultilabelTask(Task):
         return {k: float(v) for k, v in r.items() if k == "mAP" or k.startswith(("P@", "R@", "F1@"))}
 
     def selection_rule(self) -> str:
-        return (
+        rule = (
             f"epoch with the best validation {self.data.select_metric} on the seen labels "
-            f"(last {getattr(self.cfg.data, 'val_fraction', 0):.0%} of the training names); tested once"
+            f"(last {getattr(self.cfg.data, 'val_fraction', 0):.0%} of the training names)"
         )
+        if self.data.refit == "retrain":
+            rule += (
+                "; a fresh model then retrained on all training images (train + validation names) for that many "
+                "epochs"
+            )
+        return rule + "; tested once"
+
+    def fit(self) -> Fitted:
+        """The core protocol (epoch chosen on validation), then the refit of ``data.refit: retrain``."""
+        fitted = super().fit()
+        d = self.data
+        if d.refit == "none" or self.model_entry.fit != "engine":
+            return fitted
+        if d.train_all is None:
+            raise ValueError("data.refit=retrain: the dataset did not build the all-training-images set")
+        epochs = int(fitted.selection["epoch"]) + 1
+        model = self.build_model()
+        self.fit_phase("refit", model, d.train_all, self.loss_fn(), None, epochs)
+        refit = {
+            "rule": "retrained from scratch on all training images for the validation-chosen number of epochs; "
+            "this model is the one tested",
+            "epochs": epochs,
+            "images": len(d.train_all),
+            "images_validation_run": len(d.train),
+            "folder": "refit",
+        }
+        return Fitted(model, {**fitted.selection, "refit": refit})
 
     @torch.no_grad()
     def scores(self, model: nn.Module, ds: Dataset, emb: torch.Tensor, desc: str) -> np.ndarray:
@@ -160,6 +194,18 @@ class MultilabelTask(Task):
         sidecar = Path(d.feature_sidecar) if d.feature_sidecar else None
         features = json.loads(sidecar.read_text()) if sidecar and sidecar.is_file() else None
         extra = {"label_space": {"n_seen": self.n_seen, "n_unseen": d.labels.n_unseen}, "features": features}
+        if d.biam_compat:
+            extra["biam_compat"] = {
+                "note": BIAM_POOLED_NOTE,
+                **{
+                    f"zsl/{k}": v
+                    for k, v in biam_pooled_map(scores[:, self.n_seen :], labels[:, self.n_seen :]).items()
+                },
+                **{
+                    f"gzsl/{k}": v
+                    for k, v in biam_pooled_map(scores, labels, drop_unannotated_labels=True).items()
+                },
+            }
         return Tested(metrics, scores=scores, extra=extra, detail=labels)
 
     def chance(self, tested: Tested, n_draws: int = 5) -> dict[str, float]:
@@ -239,7 +285,7 @@ class MultilabelTask(Task):
             n_tokens=info["n_tokens"],
             embed_dim=emb.shape[1],
         )
-        model.load_state_dict(load_safetensors(weights))
+        load_state_checked(model, weights, cfg.model.name)
         return model.eval()
 
     @classmethod
@@ -267,6 +313,14 @@ class MultilabelTask(Task):
             return score
 
         return Predictor(info["display_names"], list(range(info["n_seen"])), scorer)
+
+
+BIAM_POOLED_NOTE = (
+    "the BiAM lineage's Open Images mAP (akshitac8/BiAM util_openimages.compute_AP): for each label, the AP of all "
+    "annotated (image, label) entries of the images annotated for it, pooled over labels; labels without an "
+    "annotated image count 0; only images with a positive; GZSL over the labels annotated in them. Not a "
+    "per-class AP: not comparable with metrics' mAP, comparable only with BiAM-lineage Open Images numbers"
+)
 
 
 def _example_image(labels: np.ndarray, n_seen: int) -> int:

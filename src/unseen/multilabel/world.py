@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 
 from unseen.backbones import IMAGENET_MEAN, IMAGENET_STD, TinyBackbone
@@ -31,6 +30,7 @@ from unseen.features import list_hash
 from unseen.io import (
     atomic_write_json,
     file_sha256,
+    read_image,
     safe_pickle_load,
     save_safetensors,
     short_hash,
@@ -79,8 +79,7 @@ def _load_images(image_root: Path, names: list[str]) -> np.ndarray:
     """N x H x W x 3 uint8 array of the named images."""
     out = []
     for n in names:
-        with Image.open(image_root / n) as im:
-            out.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        out.append(np.asarray(read_image(image_root / n), dtype=np.uint8))
     return np.stack(out)
 
 
