@@ -231,3 +231,46 @@ def test_cli_run_into_a_folder_another_run_holds(tmp_path, capsys):
         assert main(["train", "--resume", str(run)]) == 2  # (its config.yaml is not there yet either)
     finally:
         holder.release()
+
+
+def test_h5_files_go_through_one_guarded_open(tmp_path):
+    import h5py
+    import numpy as np
+
+    from unseen.multilabel.data import BiAMH5Dataset
+
+    empty, text, good = tmp_path / "empty.h5", tmp_path / "text.h5", tmp_path / "good.h5"
+    empty.write_bytes(b"")
+    text.write_text("not hdf5")
+    with h5py.File(good, "w") as f:
+        f["a-features"] = np.zeros((512, 196), np.float32)
+        f["a-labels"] = np.ones(3, np.int8)
+        f["b-labels"] = np.ones(3, np.int8)  # b's features are missing
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(good.read_bytes()[:700])
+    for path in (empty, text, truncated):
+        with pytest.raises(DataFormatError, match=f"{path.name}: not a readable HDF5 file"):
+            BiAMH5Dataset(path)
+    # no names file: an image with labels but no features is an error, not an image silently left out
+    with pytest.raises(DataFormatError, match="key 'b-features' is missing"):
+        BiAMH5Dataset(good)
+
+
+def test_open_images_vectors_with_nan_name_the_file(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from unseen.multilabel.datasets import load_open_images_vectors
+
+    labels = SimpleNamespace(
+        seen_source_names=["a", "b"],
+        unseen_source_names=["c"],
+        seen_source_index=[0, 1],
+        unseen_source_index=[0],
+    )
+    seen, unseen = np.ones((2, 4)), np.ones((1, 4))
+    seen[1, 2] = np.nan
+    np.savez(tmp_path / "vectors.npz", seen=seen, unseen=unseen)
+    with pytest.raises(DataFormatError, match=r"vectors.npz: seen vectors: 1 rows hold NaN/inf .* row 1"):
+        load_open_images_vectors(tmp_path / "vectors.npz", labels)

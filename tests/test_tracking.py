@@ -139,3 +139,14 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"unseen {unseen.__version__}"
+
+
+def test_wandb_offline_run(tmp_path, monkeypatch):
+    """W&B (optional extra, not in dev): an offline run under the run folder, no network."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = _cfg(tmp_path, "csp", ["train.log_to=[csv, wandb]"])
+    res = runs.run_config(cfg, runs.new_run_dir(cfg))
+    offline = list((Path(res["run_dir"]) / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
