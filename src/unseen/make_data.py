@@ -516,6 +516,7 @@ def make_multilabel_dataset(
     :func:`unseen.multilabel.extract.extract_h5`) from a CSV and the seen / unseen label lists; returns the
     summary saved as ``make_multilabel.json``."""
     from unseen.multilabel.data import BiAMH5Dataset, h5_name, load_biam_names, load_nus_wide_labels
+    from unseen.multilabel.datasets import feature_shape
     from unseen.multilabel.extract import build_extractor, extract_h5
 
     out_dir = Path(out_dir)
@@ -668,7 +669,9 @@ def make_multilabel_dataset(
             (h5s[0], "img_names.pkl", "labels", ns),
             (h5s[1], "test_img_names.pkl", "labels", len(space)),
         ):
-            ds = BiAMH5Dataset(tmp / h5, load_biam_names(tmp / nm), key, n, feature_shape=_h5_shape(tmp / h5))
+            ds = BiAMH5Dataset(
+                tmp / h5, load_biam_names(tmp / nm), key, n, feature_shape=feature_shape(tmp / h5)
+            )
             ds.read(0)
             ds.close()
     log.debug(
@@ -680,14 +683,6 @@ def make_multilabel_dataset(
         len(unseen_names),
     )
     return summary
-
-
-def _h5_shape(path: Path) -> tuple[int, int]:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        key = next(k for k in f.keys() if k.endswith("-features"))
-        return tuple(int(s) for s in f[key].shape)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------- word vectors

@@ -197,6 +197,7 @@ class Task:
     select_key: ClassVar[str] = "score"  # the validation metric that chooses the epoch
     demo: ClassVar[DemoSpec | None] = None
     weights_file: ClassVar[str] = "model.safetensors"  # the selected model, at the run folder's root
+    tracker: Tracker | None = None  # set by run() on rank 0
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> None:
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
@@ -277,8 +278,6 @@ class Task:
                 self.tracker.close()
         finally:
             claim.release()
-
-    tracker: Tracker | None = None
 
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -366,9 +365,10 @@ class Task:
         """One engine run in ``run_dir/phase`` (resumed from its last checkpoint when the run is resumed)."""
         phase_dir = self.run_dir / phase
         engine = Engine(self.cfg.train, phase_dir, seed=self.cfg.seed)
-        resume = self.resume and self.rank == 0 and settle_checkpoint(phase_dir)
-        if self.resume and self.rank != 0:
-            resume = (phase_dir / CHECKPOINT_STATE).is_file()
+        # rank 0 owns the folder and settles an interrupted checkpoint write; the other ranks only look
+        resume = self.resume and (
+            settle_checkpoint(phase_dir) if self.rank == 0 else (phase_dir / CHECKPOINT_STATE).is_file()
+        )
         meta = {"config": json.dumps(to_dict(self.cfg)), "phase": phase, "model": self.cfg.model.name}
         return engine.fit(
             model,

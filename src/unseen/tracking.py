@@ -46,12 +46,13 @@ class Tracker:
                     "train.log_to: wandb is not installed: pip install 'unseen[wandb]' (or drop it from log_to)"
                 ) from None
             # offline unless the user asks otherwise (WANDB_MODE=online): a run never needs the network
+            mode: Any = os.environ.get("WANDB_MODE", "offline")
             self.wandb = wandb.init(
                 project=os.environ.get("WANDB_PROJECT", "unseen"),
                 name=self.run_dir.name,
                 dir=str(self.run_dir),
                 config=config,
-                mode=os.environ.get("WANDB_MODE", "offline"),
+                mode=mode,
                 reinit=True,
             )
 

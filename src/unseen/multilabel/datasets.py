@@ -61,7 +61,8 @@ class TensorSet(Dataset):
         return self.features[i], self.labels[i], self.cls[i]
 
 
-def _feature_shape(path: Path) -> tuple[int, int]:
+def feature_shape(path: Path) -> tuple[int, int]:
+    """(channels, regions) of the first ``<name>-features`` dataset of a BiAM-layout h5 file."""
     with open_h5(path) as f:
         key = next((k for k in f.keys() if k.endswith("-features")), None)
         if key is None:
@@ -77,7 +78,7 @@ def _load_split(
 ) -> tuple[Dataset, list[str]]:
     """One or several BiAM h5 files (Open Images shards) -> (one dataset, its image names), in memory when small
     enough (``preload``)."""
-    shape = _feature_shape(paths[0])
+    shape = feature_shape(paths[0])
     parts = [
         BiAMH5Dataset(p, names if len(paths) == 1 else None, feature_shape=shape, **label_kwargs)
         for p in paths
@@ -292,7 +293,7 @@ def prepare_nus_wide(cfg: NusWideConfig, model_cfg: Any = None) -> Prepared:
         len(test),
         f"; refit on all {counts['all']} training images" if train_all is not None else "",
     )
-    C, T = _feature_shape(train_h5)
+    C, T = feature_shape(train_h5)
     sidecar = sidecar_path(train_h5)
     return Prepared(
         MultilabelData(
@@ -415,7 +416,7 @@ def prepare_open_images(cfg: OpenImagesConfig, model_cfg: Any = None) -> Prepare
         cfg.max_positives,
         with_all=cfg.refit != "none",
     )
-    C, T = _feature_shape(shards[0])
+    C, T = feature_shape(shards[0])
     return Prepared(
         MultilabelData(
             labels,
