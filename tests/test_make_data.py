@@ -527,6 +527,7 @@ def test_attribute_round_trip_train_and_predict(tmp_path: Path) -> None:
             f"data.image_root={inp['root']}",
             "data.image_size=32",
             "model.backbone=tiny",
+            "model.allow_random_init=true",  # a CPU-size backbone without a weights file, on purpose
             "model.tiny_widths=[8,16,16]",
             "model.width=16",
             "model.model_dim=8",
