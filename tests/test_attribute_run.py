@@ -1,7 +1,6 @@
 """End to end on a tiny embedded world: train -> results/plots -> eval -> predict, and the CLI's error paths."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,14 +26,8 @@ COMMON = [
 
 @pytest.fixture(scope="module")
 def mgmrn_run(tmp_path_factory):
-    # a module-scoped fixture runs before conftest's per-test cache fixture: point it at the same session cache
-    # (else it would read and write the user's ~/.cache/unseen)
-    with pytest.MonkeyPatch.context() as mp:
-        cache = os.environ.get("UNSEEN_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "cache")
-        mp.setenv("UNSEEN_CACHE", cache)
-        mp.setenv("CI", "true")
-        out = tmp_path_factory.mktemp("runs")
-        res = runs.train("attribute/demo_mgmrn", [*COMMON, f"output_dir={out}", "name=m"])
+    out = tmp_path_factory.mktemp("runs")
+    res = runs.train("attribute/demo_mgmrn", [*COMMON, f"output_dir={out}", "name=m"])
     return Path(res["run_dir"]), res
 
 

@@ -473,3 +473,85 @@ def test_hybrid_tiny_clip_stem_pooling_and_reload(tmp_path):
         torch.testing.assert_close(again.encode_image(x), m.encode_image(x), rtol=0, atol=0)
         out = Refiner(_quiet(refine_blocks=4), again, ATTRS, OBJS).eval()(x, PAIRS)
     assert out["scores"].shape == (2, len(PAIRS))
+
+
+# --------------------------------------------------------------------------------------------- ablation switch
+def _params_before(m, first_absent: str) -> dict:
+    """The state entries created before ``first_absent`` (module creation order = state_dict order)."""
+    out = {}
+    for k, v in m.state_dict().items():
+        if k.startswith(first_absent):
+            break
+        out[k] = v
+    return out
+
+
+def test_refiner_default_builds_every_branch_in_order(clip):
+    torch.manual_seed(0)
+    m = Refiner(_quiet(), clip, ATTRS, OBJS)
+    assert RefinerConfig().branches == ["state", "obj", "comp"]
+    assert list(m.encoders) == list(m.projs) == ["state", "obj", "comp"]
+    assert sorted(m.ctx) == ["comp", "obj", "state"]  # (a ParameterDict built from a dict sorts its keys)
+    top = list(dict.fromkeys(k.split(".")[0] for k in m.state_dict()))
+    assert top == ["queries", "vocab", "refine", "encoders", "branch_norm", "projs", "ctx"]
+
+
+def test_refiner_without_a_branch(clip, images):
+    torch.manual_seed(0)
+    full = Refiner(_quiet(beta=0.7), clip, ATTRS, OBJS).eval()
+    torch.manual_seed(0)
+    m = Refiner(_quiet(beta=0.7, branches=["obj", "comp"]), clip, ATTRS, OBJS).eval()
+    assert list(m.encoders) == list(m.projs) == ["obj", "comp"] and sorted(m.ctx) == ["comp", "obj"]
+    # what is built before the first missing module has the default's initial weights
+    same = _params_before(full, "encoders.state")
+    for k, v in same.items():
+        assert torch.equal(v, m.state_dict()[k]), k
+    with torch.no_grad():
+        cache = m.encode_pairs(PAIRS)
+        out = m(images, PAIRS)
+    assert cache.state is None and cache.obj is not None
+    assert "logits_state" not in out and {"logits_comp", "logits_obj", "logits_global"} <= set(out)
+    po = out["logits_obj"].softmax(-1)
+    expect = 0.7 * out["logits_global"] + 0.3 * out["logits_comp"] + po[:, PAIRS[:, 1]]
+    torch.testing.assert_close(out["scores"], expect)
+    attr, obj, pt = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 3]), torch.tensor([0, 1, 5])
+    loss, logs = m.loss(out, attr, obj, pt)
+    ce = F.cross_entropy
+    torch.testing.assert_close(
+        loss, ce(out["logits_comp"], pt) + ce(out["logits_global"], pt) + 0.5 * ce(out["logits_obj"], obj)
+    )
+    assert set(logs) == {"ce_comp", "ce_obj", "ce_global"}
+    # reusing the primitives of an earlier cache (chunked evaluation) gives the same scores
+    with torch.no_grad():
+        again = m.score(m.encode_images(images), m.encode_pairs(PAIRS[:2], primitives=cache))
+    torch.testing.assert_close(again["scores"], out["scores"][:, :2])
+
+    # no composition branch: the pair score is the global branch's, the composition text context stays
+    nocomp = Refiner(_quiet(branches=["state", "obj"]), clip, ATTRS, OBJS).eval()
+    assert "comp" not in nocomp.encoders and "comp" in nocomp.ctx
+    with torch.no_grad():
+        o = nocomp(images, PAIRS)
+    assert "logits_comp" not in o
+    ps, po = o["logits_state"].softmax(-1), o["logits_obj"].softmax(-1)
+    torch.testing.assert_close(o["scores"], o["logits_global"] + ps[:, PAIRS[:, 0]] * po[:, PAIRS[:, 1]])
+    loss, logs = nocomp.loss(o, attr, obj, pt)
+    assert set(logs) == {"ce_state", "ce_obj", "ce_global"}
+    # trained: the remaining branches get gradients, and only from the remaining terms
+    nocomp.train()
+    loss, _ = nocomp.loss(nocomp(images, PAIRS), attr, obj, pt)
+    loss.backward()
+    assert nocomp.projs["state"].weight.grad is not None and nocomp.ctx["comp"].grad is not None
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"branches": []}, "branches"),
+        ({"branches": ["comp", "comp"]}, "branches"),
+        ({"branches": ["attr", "comp"]}, "branches"),
+        ({"branches": ["state", "obj"], "global_branch": False}, "global_branch"),
+    ],
+)
+def test_refiner_branches_are_checked_at_config_load(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        RefinerConfig(**kw)

@@ -183,3 +183,111 @@ def test_models_learn_a_separable_toy_task(i: int) -> None:
         opt.step()
         losses.append(float(loss.detach()))
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+
+
+# --------------------------------------------------------------------------------------------- ablation switches
+def _eps(seed: int = 0, **kw) -> Epsilon:
+    torch.manual_seed(seed)
+    return Epsilon(EpsilonConfig(dim=16, heads=2, **kw), 8, 16, 12)
+
+
+def _top_level(m: torch.nn.Module) -> list[str]:
+    return list(dict.fromkeys(k.split(".")[0] for k in m.state_dict()))
+
+
+def test_epsilon_default_builds_both_branches_in_the_documented_order() -> None:
+    m = _eps()
+    assert EpsilonConfig().branches == ["gpa", "gfp"] and EpsilonConfig().fusion_weight is None
+    # the parameters a checkpoint of the model holds, in creation order (the ablation switches add none)
+    assert _top_level(m) == [
+        "pos",
+        "group_tokens",
+        "alpha",
+        "stem",
+        "cls_stem",
+        "encoder",
+        "enc_norm",
+        "q",
+        "k",
+        "v",
+        "o",
+        "prompt_norm",
+        "prompt_proj",
+        "gfp",
+    ]
+    assert isinstance(m.alpha, torch.nn.Parameter) and m.alpha.requires_grad
+
+
+def test_epsilon_one_branch_alone() -> None:
+    full = _eps()
+    x, w = torch.randn(2, 16, 8), torch.nn.functional.normalize(torch.randn(5, 12), dim=-1)
+    y = torch.tensor([[1, -1, 0, -1, 1], [0, 0, 1, -1, -1]])
+    gpa = _eps(branches=["gpa"]).eval()
+    assert "gfp" not in _top_level(gpa) and "alpha" not in _top_level(gpa)
+    # the modules built before the GFP get the default's initial weights
+    for name in ("stem", "cls_stem", "encoder", "q", "k", "v", "o", "prompt_norm", "prompt_proj"):
+        for (k, a), b in zip(
+            getattr(full, name).state_dict().items(), getattr(gpa, name).state_dict().values()
+        ):
+            assert torch.equal(a, b), f"{name}.{k}"
+    out = gpa(x, w)
+    assert set(out) == {"scores", "local", "prompts", "attention"}
+    torch.testing.assert_close(out["scores"], (out["prompts"] @ w.T).amax(1))
+    loss, logs = gpa.loss(out, y, w)
+    rank = biam_ranking_loss(out["scores"], y, 1.0)
+    torch.testing.assert_close(loss, rank + 0.1 * variance_l1(out["prompts"]))
+    assert "fusion_local" not in logs
+
+    gfp = _eps(branches=["gfp"]).eval()
+    assert not {"group_tokens", "q", "prompt_proj", "alpha"} & set(_top_level(gfp))
+    gt, tokens, u = gfp.encode(x)
+    assert gt.shape == (2, 0, 16) and tokens.shape == (2, 16, 16)
+    torch.testing.assert_close(u, tokens.mean(1))  # the encoder ran over X alone: no group tokens
+    out = gfp(x, w)
+    assert set(out) == {"scores", "global", "global_prompts"}
+    torch.testing.assert_close(out["scores"], (gfp.global_prompts(u) @ w.T).amax(1))
+    loss, _ = gfp.loss(out, y, w)
+    torch.testing.assert_close(
+        loss, biam_ranking_loss(out["scores"], y, 1.0) + 0.1 * variance_l1(out["global_prompts"])
+    )
+
+
+def test_epsilon_fixed_fusion_weight() -> None:
+    x, w = torch.randn(2, 16, 8), torch.nn.functional.normalize(torch.randn(5, 12), dim=-1)
+    y = torch.tensor([[1, -1, 0, -1, 1], [0, 0, 1, -1, -1]])
+    learned, fixed = _eps(), _eps(fusion_weight=0.25)
+    # a buffer, not a parameter: saved with the model, never trained; the other weights are the default's
+    assert "alpha" not in dict(fixed.named_parameters()) and "alpha" in fixed.state_dict()
+    for k, v in learned.state_dict().items():
+        if k != "alpha":
+            assert torch.equal(v, fixed.state_dict()[k]), k
+    out = fixed.eval()(x, w)
+    torch.testing.assert_close(out["scores"], 0.25 * out["local"] + 0.75 * out["global"])
+    fixed.train()
+    opt = torch.optim.SGD(fixed.parameters(), lr=1.0)
+    loss, logs = fixed.loss(fixed(x, w), y, w)
+    loss.backward()
+    opt.step()
+    assert logs["fusion_local"] == pytest.approx(0.25) and float(fixed.local_weight()) == pytest.approx(0.25)
+    # 0.5 = the learned weight at initialisation: the same scores before training
+    half = _eps(fusion_weight=0.5).eval()
+    torch.testing.assert_close(half(x, w)["scores"], learned.eval()(x, w)["scores"])
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"branches": []}, "branches"),
+        ({"branches": ["gpa", "gpa"]}, "branches"),
+        ({"branches": ["local"]}, "branches"),
+        ({"fusion_weight": 1.5}, "fusion_weight"),
+        ({"branches": ["gpa"], "fusion_weight": 0.5}, "both"),
+        ({"branches": ["gfp"], "fusion": "prompt"}, "both"),
+        ({"reg": "l2"}, "reg"),
+    ],
+)
+def test_epsilon_switches_are_checked_at_config_load(kw, match) -> None:
+    from unseen.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        EpsilonConfig(**kw)

@@ -511,3 +511,41 @@ def test_flop_model_equals_counts_of_real_cpu_steps():
     assert fm["ceiling_joint_over_release"] == pytest.approx(fm["release"] / fm["joint"])
     # a joint step is one forward and one backward; the backward costs between 1x (no input gradients) and 2x
     assert 2 * fm["forward"] < fm["joint"] <= 3 * fm["forward"]
+
+
+# --------------------------------------------------------------------------------------------- ablation switch
+def test_pooled_attribute_head_replaces_only_the_vsd():
+    """attribute_head=pooled: a Linear of the mean token instead of each level's VSD; every other module is built
+    with the same initial weights as the default (the VSDs are built last), and the default still has VSDs."""
+    default, pooled = tiny_model(), tiny_model(attribute_head="pooled")
+    assert MgMRNConfig().attribute_head == "vsd" and not hasattr(default, "pooled")
+    assert default.attribute_heads is default.vsd and pooled.attribute_heads is pooled.pooled
+    assert not hasattr(pooled, "vsd") and sorted(pooled.pooled) == ["1", "2", "3"]
+    shared = {k: v for k, v in default.state_dict().items() if not k.startswith("vsd.")}
+    other = {k: v for k, v in pooled.state_dict().items() if not k.startswith("pooled.")}
+    assert list(shared) == list(other)
+    for k in shared:
+        assert torch.equal(shared[k], other[k]), k
+    x, attrs, y = tiny_batch()
+    pooled.eval()
+    with torch.no_grad():
+        out = pooled(x, attrs, return_attention=True, return_intermediates=True)
+    for i, lv in enumerate((1, 2, 3)):
+        t = out["intermediates"]["T"][lv]  # B x N x W, the tokens the VSD would attend over
+        head = pooled.pooled[str(lv)].proj
+        torch.testing.assert_close(out["attr_preds"][i], t.mean(1) @ head.weight.t() + head.bias)
+        torch.testing.assert_close(out["level_scores"][i], pooled.head(out["attr_preds"][i], attrs))
+        att = out["attention"][i]
+        assert att.shape == (4, A, t.shape[1])
+        torch.testing.assert_close(att, torch.full_like(att, 1.0 / t.shape[1]))
+    # the read-out is trained, and the word vectors no longer enter the scores
+    pooled.train()
+    pooled(x, attrs, targets=y)["loss"].backward()
+    assert all(_has_grad(pooled.pooled[k]) for k in ("1", "2", "3"))
+    pooled.eval()  # (the training forward moved the backbone's BatchNorm statistics)
+    with torch.no_grad():
+        before = pooled(x, attrs)["scores"]
+        pooled.attribute_embeddings.normal_()
+        torch.testing.assert_close(pooled(x, attrs)["scores"], before)
+    with pytest.raises(ConfigError, match="attribute_head"):
+        tiny_cfg(attribute_head="mean")

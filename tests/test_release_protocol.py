@@ -5,7 +5,6 @@ per-epoch test scores."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -120,15 +119,10 @@ def test_release_selection_keeps_the_first_best_and_skips_nan():
 # --------------------------------------------------------------------------------------------- a release run
 @pytest.fixture(scope="module")
 def release_run(tmp_path_factory):
-    # a module-scoped fixture runs before conftest's per-test cache fixture: point it at the same session cache
-    with pytest.MonkeyPatch.context() as mp:
-        cache = os.environ.get("UNSEEN_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "cache")
-        mp.setenv("UNSEEN_CACHE", cache)
-        mp.setenv("CI", "true")
-        out = tmp_path_factory.mktemp("runs")
-        res = runs.train(
-            "attribute/demo_mgmrn", [*TINY, *RELEASE, "eval.report=release", f"output_dir={out}", "name=rel"]
-        )
+    out = tmp_path_factory.mktemp("runs")
+    res = runs.train(
+        "attribute/demo_mgmrn", [*TINY, *RELEASE, "eval.report=release", f"output_dir={out}", "name=rel"]
+    )
     return Path(res["run_dir"]), res
 
 

@@ -50,6 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", metavar="RUN_OR_GLOB", help="run folders, folders of runs, or globs")
     rp.add_argument("--output", default="report", help="write OUTPUT.csv and OUTPUT.md (default: ./report)")
 
+    ab = sub.add_parser(
+        "ablate",
+        help="a method's ablations on the embedded benchmark: variants x worlds x seeds, mean ± std per variant",
+    )
+    ab.add_argument("setting", help="attribute | multilabel | compositional")
+    ab.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="applied to every variant, e.g. train.epochs=2"
+    )
+    ab.add_argument("--method", help="whose ablation spec to run (default: the setting's only one)")
+    ab.add_argument("--variants", help="comma-separated variant names (default: all, in the spec's order)")
+    ab.add_argument("--seeds", default="0,1,2", help="training seeds, e.g. 0,1,2 or 0-4 (default: 0,1,2)")
+    ab.add_argument("--worlds", help="world seeds (data.world.seed), e.g. 0,1 (default: the demo's world)")
+    ab.add_argument(
+        "--output",
+        help="folder of the runs and ablation.md / .csv (default: runs/ablate-SETTING-METHOD); run the same "
+        "command again to continue a stopped ablation",
+    )
+
     e = sub.add_parser("eval", help="recompute a finished run's test metrics")
     e.add_argument("run_dir")
 
@@ -168,6 +186,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(rep["text"])
         for path in report.write_report(rep, args.output):
             print(f"wrote {path}")
+    elif args.command == "ablate":
+        from unseen import ablate
+
+        res = ablate.ablate(
+            args.setting,
+            method=args.method,
+            variants=ablate.parse_names(args.variants) if args.variants is not None else None,
+            seeds=runs.parse_seeds(args.seeds),
+            worlds=_world_seeds(args.worlds) if args.worlds is not None else None,
+            output=args.output,
+            overrides=args.overrides,
+        )
+        print(res["text"])
+        print(
+            f"runs and ablation.md / ablation.csv in {res['output']}   {res['trained']} run(s) trained, "
+            f"{res['reused']} reused, total {res['elapsed_s']:.0f}s"
+        )
     elif args.command == "eval":
         print(json.dumps(runs.evaluate_run(args.run_dir), indent=2))
     elif args.command == "predict":
@@ -237,7 +272,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("configs (unseen train NAME):")
         for name in runs.packaged_configs():
             print(f"  {name}")
+        from unseen.ablate import list_specs
+
+        print("ablations (unseen ablate SETTING --method METHOD):")
+        for name in list_specs():
+            print(f"  {name}")
     return 0
+
+
+def _world_seeds(text: str) -> list[int]:
+    """``--worlds`` reads like ``--seeds``; its errors name the option."""
+    from unseen.runs import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("--seeds", "--worlds", 1)) from None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ names the file and the field.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import re
@@ -123,6 +124,42 @@ class XLSA17Data:
             val_unseen,
             np.unique(lab).astype(np.int64),
             np.unique(self.labels[val_unseen]).astype(np.int64),
+        )
+
+    def validation_level(self, holdout: float = 0.2, seed: int = 0) -> XLSA17Data:
+        """The same benchmark one level down, for choosing protocol options without the test set: the validation
+        classes play the unseen test classes (test_unseen = ``val_loc``, test_seen = the val-seen hold-out,
+        trainval = the calibration run's training images) and a seeded subset of the training classes, in the
+        proportion of val to train+val classes, plays ``val_loc``. No test image is in it: xlsa17's ``train_loc``
+        and ``val_loc`` also hold the ``test_seen_loc`` images, so both are first cut to ``trainval_loc``."""
+        if self.train_loc is None or self.val_loc is None:
+            raise DataFormatError(
+                self.val_split_problem or f"{self.root}: no validation split (train_loc/val_loc)"
+            )
+        inside = dataclasses.replace(
+            self,
+            train_loc=np.intersect1d(self.train_loc, self.trainval_loc),
+            val_loc=np.intersect1d(self.val_loc, self.trainval_loc),
+        )
+        split = inside.validation_split(holdout, seed)
+        seen, unseen = split.seen_classes, split.unseen_classes
+        n_pseudo = int(round(len(seen) * len(unseen) / (len(seen) + len(unseen))))
+        if not 0 < n_pseudo < len(seen):
+            raise DataFormatError(
+                f"{self.root}: {len(seen)} training classes are too few for a validation-level split"
+            )
+        pseudo = np.sort(np.random.default_rng(seed).choice(seen, size=n_pseudo, replace=False))
+        in_pseudo = np.isin(self.labels[split.train], pseudo)
+        return dataclasses.replace(
+            self,
+            trainval_loc=split.train,
+            test_seen_loc=split.val_seen,
+            test_unseen_loc=split.val_unseen,
+            train_loc=split.train[~in_pseudo],
+            val_loc=split.train[in_pseudo],
+            seen_classes=seen,
+            unseen_classes=unseen,
+            val_split_source=f"validation level of {self.val_split_source or self.root} (seed {seed})",
         )
 
 

@@ -515,6 +515,44 @@ def select_gamma(
     return sw.best.gamma, sw.best
 
 
+GAMMA_TRANSFERS = ("raw", "scale", "zscore", "quantile")
+
+
+def seen_margins(scores: Any, seen_classes: Any, unseen_classes: Any) -> np.ndarray:
+    """Per image, the best seen-class score minus the best unseen-class score (float64): calibrated stacking at
+    ``gamma`` predicts an unseen class exactly when this margin is below ``gamma``."""
+    x = np.asarray(scores, dtype=np.float64)
+    seen = np.asarray(seen_classes, dtype=np.int64)
+    unseen = np.asarray(unseen_classes, dtype=np.int64)
+    return x[:, seen].max(1) - x[:, unseen].max(1)
+
+
+def transfer_gamma(gamma: float, source: np.ndarray, target: np.ndarray, rule: str) -> float:
+    """Carry a calibration offset chosen on one model (``source`` = its seen-unseen margins on its own training
+    images) to another (``target`` = the same on the other model's training images), whose scores may sit on
+    another scale.
+
+    ``raw``: unchanged. ``scale``: in units of the margins' standard deviation. ``zscore``: the same number of
+    standard deviations from the mean margin. ``quantile``: the same fraction of training images sent to the
+    unseen classes (margin < gamma; ties counted half), read off the target's margins by linear interpolation.
+    """
+    if rule not in GAMMA_TRANSFERS:
+        raise ValueError(f"gamma transfer rule must be one of {GAMMA_TRANSFERS}, got {rule!r}")
+    s = np.sort(np.asarray(source, dtype=np.float64))
+    t = np.sort(np.asarray(target, dtype=np.float64))
+    if rule == "raw" or not len(s) or not len(t):
+        return float(gamma)
+    s_std, t_std = float(s.std()), float(t.std())
+    if rule == "quantile":
+        below = np.searchsorted(s, gamma, "left") + np.searchsorted(s, gamma, "right")
+        return float(np.quantile(t, below / (2 * len(s))))
+    if s_std == 0.0:  # a degenerate source carries no scale
+        return float(gamma)
+    if rule == "scale":
+        return float(gamma * t_std / s_std)
+    return float(t.mean() + (gamma - s.mean()) * t_std / s_std)
+
+
 def evaluate_attribute(
     scores: Any,
     labels: Any,

@@ -1,7 +1,12 @@
 """Mg-MRN: Multi-Granularity Mutual Refinement Network (arXiv 2511.08163).
 
 Follows the released code (NingWang2049/Mg-MRN), completed from its parents ReZSL (FouriYe/ReZSL-TIP23) and
-GEM-ZSL where the release lacks files."""
+GEM-ZSL where the release lacks files.
+
+Ablation switch (not in the release; the default is the model as described): ``attribute_head='pooled'`` replaces
+each level's visual-semantic decoder (VSD: attribute queries from the word vectors attending over the level's
+tokens) by a linear read-out of the same tokens averaged with equal weights (:class:`PooledAttributes`), so an
+ablation measures what the attribute-specific attention adds (``unseen ablate attribute``)."""
 
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ class MgMRNConfig:
     level_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # score weights w_l
     step_mode: str = "joint"  # joint (one step on sum of L_l) | sequential (release: one step per level)
     attention_scale: bool = False  # release: no 1/sqrt(M) in the VSD softmax
+    attribute_head: str = "vsd"  # vsd (attribute queries) | pooled (ablation: Linear of the mean token)
 
     def __post_init__(self) -> None:
         where = f"model '{self.name}'"
@@ -58,6 +64,7 @@ class MgMRNConfig:
             "grouping": ("parts", "collapsed", "none"),
             "down": ("bilinear", "avgpool"),
             "step_mode": ("joint", "sequential"),
+            "attribute_head": ("vsd", "pooled"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -244,6 +251,26 @@ class VSD(nn.Module):
         return pred, attn
 
 
+class PooledAttributes(nn.Module):
+    """The VSD's ablation (``attribute_head='pooled'``): a_hat = W mean_n(T_n) + b, the level's tokens averaged
+    with equal weights and read out by one linear layer; the attribute word vectors are not used.
+
+    Same call and outputs as :class:`VSD`; the returned attention is the uniform weight 1/N that the average
+    gives every token (an expanded view, not a copy), so attention plots show that nothing is localised."""
+
+    def __init__(self, width: int, n_attributes: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(width, n_attributes)
+
+    def forward(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A x E, B x N x W) -> predicted attributes B x A, attention B x A x N (all 1/N)."""
+        B, N, _ = tokens.shape
+        with _no_autocast(tokens):  # the read-out in fp32 under AMP, as the VSD's
+            pred = F.linear(tokens.float().mean(1), self.proj.weight.float(), self.proj.bias.float())
+        attn = torch.full((1, 1, 1), 1.0 / N, device=tokens.device).expand(B, pred.shape[1], N)
+        return pred, attn
+
+
 def _l2n(x: torch.Tensor) -> torch.Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + NORM_EPS)
 
@@ -266,7 +293,9 @@ class MgMRN(nn.Module):
        losses run in fp32 (numerics only).
     5. Options not in the release: ``mrm_detach=false``, ``mrm_bidirectional``, ``down='avgpool'``,
        ``attention_scale``, ``level_weights``, ``levels`` subsets (R_l is built from the coarser levels that
-       are in ``levels``; with all three levels this is the release's R1 = SCAM([F2 | F3]), R2 = SCAM(F3)).
+       are in ``levels``; with all three levels this is the release's R1 = SCAM([F2 | F3]), R2 = SCAM(F3)),
+       ``attribute_head='pooled'`` (ablation: :class:`PooledAttributes` instead of the VSD; the per-level
+       modules are then ``self.pooled`` instead of ``self.vsd``).
 
     ``forward(images, class_attributes, targets=None, levels=None, ...)``: ``levels`` are positions in
     ``cfg.levels`` (the engine passes ``train_substeps()`` entries); see :meth:`forward`.
@@ -319,12 +348,20 @@ class MgMRN(nn.Module):
             {str(lv): SCAM(cfg.width * len(src), cfg.width) for lv, src in self.sources.items()}
         )
         A = emb.shape[0]
-        self.vsd = nn.ModuleDict(
-            {
-                str(lv): VSD(emb.shape[1], cfg.width, cfg.model_dim, A, cfg.attention_scale)
-                for lv in self.levels
-            }
-        )
+        if cfg.attribute_head == "vsd":
+            self.vsd = nn.ModuleDict(
+                {
+                    str(lv): VSD(emb.shape[1], cfg.width, cfg.model_dim, A, cfg.attention_scale)
+                    for lv in self.levels
+                }
+            )
+        else:  # built last, as the VSDs: every other module gets the same initial weights as the default
+            self.pooled = nn.ModuleDict({str(lv): PooledAttributes(cfg.width, A) for lv in self.levels})
+
+    @property
+    def attribute_heads(self) -> nn.ModuleDict:
+        """The per-level attribute read-outs: the VSDs, or their pooled ablation (``attribute_head``)."""
+        return self.vsd if self.cfg.attribute_head == "vsd" else self.pooled
 
     # ---- engine hooks
     def train_substeps(self) -> list[list[int] | None]:
@@ -441,7 +478,7 @@ class MgMRN(nn.Module):
         total = None
         for lv in want:
             t, layout, r = self.tokens(lv, lvl)
-            pred, attn = self.vsd[str(lv)](emb, t)
+            pred, attn = self.attribute_heads[str(lv)](emb, t)
             s = self.head(pred, class_attributes)
             out["level_scores"].append(s)
             out["attr_preds"].append(pred)
@@ -502,4 +539,13 @@ class MgMRN(nn.Module):
         return total, logs  # type: ignore[return-value]
 
 
-__all__ = ["MgMRN", "MgMRNConfig", "SCAM", "VSD", "GroupingUnit", "ConvBlock", "LevelModule"]
+__all__ = [
+    "MgMRN",
+    "MgMRNConfig",
+    "SCAM",
+    "VSD",
+    "PooledAttributes",
+    "GroupingUnit",
+    "ConvBlock",
+    "LevelModule",
+]

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from unseen.attribute.data import FeatureDataset, ImageListDataset, ValidationSplit
 from unseen.attribute.datasets import AttributeData
 from unseen.attribute.metrics import (
+    GAMMA_TRANSFERS,
     czsl_accuracy,
     evaluate_attribute,
     gamma_sweep,
@@ -39,7 +40,9 @@ from unseen.attribute.metrics import (
     oracle_grid_sweep,
     release_epoch_metrics,
     release_selection,
+    seen_margins,
     select_gamma,
+    transfer_gamma,
 )
 from unseen.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, make_transforms
 from unseen.config import ConfigError, EvalConfig, RunConfig, check_choice, load_run_config, to_dict
@@ -90,6 +93,13 @@ class AttributeEvalConfig(EvalConfig):
     """How the attribute setting selects and evaluates."""
 
     gamma: str = "val"  # GZSL calibration offset: val (chosen on validation) | none (0) | fixed:<value>
+    # how the validation-chosen gamma is carried from the calibration model to the final model, whose scores sit on
+    # another scale: raw (unchanged) | scale | zscore | quantile (the same share of its training images sent to the
+    # unseen classes); see attribute.metrics.transfer_gamma and benchmarks/RESULTS.md §10
+    gamma_transfer: str = "raw"
+    # test: the benchmark. val: the whole protocol one level down (the validation classes play the unseen test
+    # classes, a subset of the training classes plays val_loc); nothing reads the test split
+    split: str = "test"
     calibrate: bool = True  # run the validation (calibration) phase that picks the epoch and gamma
     oracle: bool = True  # also report the test-set oracle block (labelled as such)
     ausuc: str = "grid"  # grid | exact
@@ -102,6 +112,10 @@ class AttributeEvalConfig(EvalConfig):
         super().__post_init__()
         check_choice("eval.ausuc", self.ausuc, ("grid", "exact"))
         check_choice("eval.report", self.report, REPORTS)
+        check_choice("eval.gamma_transfer", self.gamma_transfer, GAMMA_TRANSFERS)
+        check_choice("eval.split", self.split, ("test", "val"))
+        if self.split == "val" and self.report == "release":
+            raise ConfigError("eval.report=release reads the test set: it cannot run with eval.split=val")
         if self.gamma not in ("val", "none"):
             value = self.gamma.split(":", 1)[1] if self.gamma.startswith("fixed:") else ""
             try:
@@ -199,6 +213,13 @@ class AttributeTask(Task):
     def setup(self, data: AttributeData) -> None:
         self.spec = data
         self.data = d = data.splits
+        if self.cfg.eval.split == "val":
+            self.data = d = d.validation_level(data.val_holdout, seed=self.cfg.seed)
+            log.info(
+                "eval.split=val: the validation classes are the unseen test classes here; the test split is "
+                "not read (%d classes play val_loc)",
+                len(np.unique(d.labels[d.val_loc])),
+            )
         self.class_attributes = torch.as_tensor(d.class_attributes, dtype=torch.float32)
         if d.attribute_embeddings is None and self.model_entry.fit != "closed_form":
             raise ValueError(
@@ -345,7 +366,7 @@ class AttributeTask(Task):
         selection: dict[str, Any] = {}
         epochs_final = cfg.train.epochs
         if split is not None:
-            _, calib = self.phase("calib", split.train, split.seen_classes, cfg.train.epochs, split)
+            calib_model, calib = self.phase("calib", split.train, split.seen_classes, cfg.train.epochs, split)
             rec = val_record(calib.history, calib.best_epoch)
             epochs_final = calib.best_epoch + 1
             selection = {
@@ -356,9 +377,38 @@ class AttributeTask(Task):
                 "gamma": rec.get("val_gamma"),
             }
         model, _ = self.phase("final", d.trainval_loc, d.seen_classes, epochs_final, None)
+        if split is not None and selection.get("gamma") is not None and cfg.eval.fixed_gamma() is None:
+            # the calibration model as selected (its best epoch), scored on its own training images
+            self.restore_weights(calib_model, self.run_dir / "calib" / "best.safetensors")
+            selection = self.transfer(
+                selection,
+                self.scores(calib_model, self.dataset(split.train, train=False), "scoring calibration train"),
+                split,
+                self.scores(model, self.dataset(d.trainval_loc, train=False), "scoring final train"),
+            )
         if cfg.eval.report == "release":
             self._release = self.release_phase()
         return Fitted(model, self._selection(selection))
+
+    def transfer(
+        self, selection: dict[str, Any], source: np.ndarray, split: ValidationSplit, target: np.ndarray
+    ) -> dict[str, Any]:
+        """The validation gamma carried to the final model by ``eval.gamma_transfer`` (every rule's value is
+        recorded). ``source``/``target``: scores (all classes) of the calibration model on its training images and
+        of the final model on trainval; only training images are used, never test."""
+        d = self.data
+        src = seen_margins(source, split.seen_classes, split.unseen_classes)
+        tgt = seen_margins(target, d.seen_classes, d.unseen_classes)
+        gamma = float(selection["gamma"])
+        candidates = {rule: transfer_gamma(gamma, src, tgt, rule) for rule in GAMMA_TRANSFERS}
+        rule = self.cfg.eval.gamma_transfer
+        return {
+            **selection,
+            "gamma_val": gamma,
+            "gamma": candidates[rule],
+            "gamma_transfer": rule,
+            "gamma_candidates": candidates,
+        }
 
     # ---- eval.report=release: the release's own (test-selected) protocol, run apart from the result
     def release_phase(self) -> dict[str, Any]:
@@ -452,7 +502,7 @@ class AttributeTask(Task):
         feats = self.pooled_features()
         A = d.class_attributes
         split = self.validation_split()
-        best_h, params, chosen = -1.0, {}, {}
+        best_h, params, chosen, calib_model = -1.0, {}, {}, None
         if split is not None:
             val_idx = np.concatenate([split.val_seen, split.val_unseen])
             lut = _index_map(split.seen_classes, d.n_classes).numpy()
@@ -463,13 +513,20 @@ class AttributeTask(Task):
                 scores = model.scores(feats[val_idx], A)
                 g, res = self.gamma_on(scores, d.labels[val_idx], split.seen_classes, split.unseen_classes)
                 if res.H > best_h:
-                    best_h, params = res.H, cand
+                    best_h, params, calib_model = res.H, cand, model
                     chosen = {**cand, "gamma": g, "val_H": res.H, "val_S": res.S, "val_U": res.U}
         lut = _index_map(d.seen_classes, d.n_classes).numpy()
         model = method(cfg.model, **params).fit(
             feats[d.trainval_loc], lut[d.labels[d.trainval_loc]], A[d.seen_classes]
         )
         selection = chosen or model.params()
+        if split is not None and calib_model is not None and cfg.eval.fixed_gamma() is None:
+            selection = self.transfer(
+                selection,
+                calib_model.scores(feats[split.train], A),
+                split,
+                model.scores(feats[d.trainval_loc], A),
+            )
         return Fitted(model, self._selection(selection), test_scores=model.scores(feats[self.test_idx], A))
 
     def pooled_features(self) -> np.ndarray:
@@ -507,7 +564,12 @@ class AttributeTask(Task):
         second = {"val": "gamma = exact best on validation", "none": "gamma = 0"}.get(
             e.gamma, f"gamma {e.gamma}"
         )
-        return f"{first}; {second}"
+        if e.gamma == "val" and e.calibrate:
+            second += f", carried to the final model by the '{e.gamma_transfer}' rule (training images only)"
+        level = ""
+        if e.split == "val":
+            level = "; VALIDATION LEVEL (eval.split=val): the 'test' numbers are on the validation classes"
+        return f"{first}; {second}{level}"
 
     # ---- test, chance, artefacts
     def test(self, fitted: Fitted) -> Tested:

@@ -28,8 +28,13 @@ packaged tiny configs (W = vision width, D = joint embedding dim, Wt = text widt
 8. Inference: score(a, o) = beta l_g + (1 - beta) l_c + softmax(l_s)[a] softmax(l_o)[o] (beta 0.85; 0.65 UT-Zappos);
    without the global branch score = l_c + softmax(l_s)[a] softmax(l_o)[o].
 
-Switch: ``adapters`` (AdaptFormer bottleneck adapters, parallel to every attention and MLP sub-layer of the
-visual tower, up-projection zero-init, so training starts from CLIP's exact features).
+Switches: ``adapters`` (AdaptFormer bottleneck adapters, parallel to every attention and MLP sub-layer of the
+visual tower, up-projection zero-init, so training starts from CLIP's exact features); ``branches`` (ablation,
+default all three): the query branches that are built, trained and scored. A branch left out has no encoder,
+projection or text context (comp's context stays: the global branch uses it), no loss term and no logits; the
+score keeps what is left: beta l_g + (1 - beta) l_c with both pair branches, l_g or l_c alone, and the product of
+the primitive probabilities that remain (softmax(l_s)[a] with the state branch alone). ``global_branch``, ``beta``
+and ``n_queries`` / ``refine_blocks`` are the other ablation knobs (``unseen ablate compositional``).
 
 Interface (shared with the baselines, see :mod:`unseen.compositional.clip`): ``Refiner(cfg, clip_model,
 attr_names, obj_names)``; ``model(images, pairs, return_attention=False)`` -> dict with ``scores``,
@@ -43,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +76,7 @@ from unseen.config import ConfigError
 from unseen.registry import register_model
 
 BRANCHES = ("state", "obj", "comp")
+LOGITS_ORDER = ("comp", "state", "obj")  # the key order of score()'s logits
 
 
 @dataclass
@@ -89,6 +95,7 @@ class RefinerConfig(ClipModelConfig):
     branch_dropout: float = 0.1
     proj_dropout: float = 0.5
     query_pool: str = "mean"  # mean | max (max over queries of the scaled cosine)
+    branches: list[str] = field(default_factory=lambda: list(BRANCHES))  # state/obj/comp (ablation: fewer)
     global_branch: bool = True
     beta: float = 0.85  # weight of the global logits in the score
     prim_score: bool = True  # add softmax(l_s)[a] * softmax(l_o)[o] to the score
@@ -128,6 +135,16 @@ class RefinerConfig(ClipModelConfig):
         if self.query_pool not in ("mean", "max"):
             raise ConfigError(
                 f"model '{self.name}'.query_pool: expected one of mean, max, got {self.query_pool!r}"
+            )
+        b = list(self.branches)
+        if not b or len(set(b)) != len(b) or not set(b) <= set(BRANCHES):
+            raise ConfigError(
+                f"model '{self.name}'.branches: expected a non-empty subset of {', '.join(BRANCHES)} "
+                f"(once each), got {b}"
+            )
+        if "comp" not in b and not self.global_branch:
+            raise ConfigError(
+                f"model '{self.name}'.branches: without comp the pair score needs global_branch=true"
             )
         if not 0.0 <= self.beta <= 1.0:
             raise ConfigError(f"model '{self.name}'.beta: expected a weight in [0, 1], got {self.beta}")
@@ -209,6 +226,9 @@ class Refiner(FrozenClipCZSL):
                     f"model '{cfg.name}'.{key}: {h} heads do not divide the vision width {width}"
                 )
         self.width, self.dim = width, dim
+        # in BRANCHES order whatever the config's order: the default builds exactly what it always did
+        self.branches = tuple(k for k in BRANCHES if k in cfg.branches)
+        self.primitives = tuple(k for k in ("state", "obj") if k in self.branches)
 
         # visual side
         self.queries = nn.Parameter(torch.randn(cfg.n_queries, width))
@@ -223,11 +243,11 @@ class Refiner(FrozenClipCZSL):
                     cfg.branch_dropout,
                     batch_first=True,
                 )
-                for k in BRANCHES
+                for k in self.branches
             }
         )
         self.branch_norm = nn.LayerNorm(width)
-        self.projs = nn.ModuleDict({k: nn.Linear(width, dim) for k in BRANCHES})
+        self.projs = nn.ModuleDict({k: nn.Linear(width, dim) for k in self.branches})
         self.proj_dropout = nn.Dropout(cfg.proj_dropout)
         if cfg.adapters:
             self._check_adaptable()
@@ -246,7 +266,9 @@ class Refiner(FrozenClipCZSL):
         with torch.no_grad():
             emb = clip_model.token_embedding.weight
             ctx = emb[torch.tensor(self.ctx_ids, device=emb.device)].float()
-        self.ctx = nn.ParameterDict({k: nn.Parameter(ctx.clone()) for k in BRANCHES})
+        self.ctx = nn.ParameterDict(
+            {k: nn.Parameter(ctx.clone()) for k in BRANCHES if k == "comp" or k in self.branches}
+        )
 
         log_tau = torch.tensor(math.log(clip_logit_scale(clip_model, cfg.tau)))
         if cfg.learn_tau:
@@ -268,7 +290,8 @@ class Refiner(FrozenClipCZSL):
         self, pairs: Tensor, chunk_size: int | None = None, primitives: TextCache | None = None
     ) -> TextCache:
         """Composition features of ``pairs`` (K, 2) and state / object features of the whole vocabularies (taken
-        from ``primitives``, an earlier cache, when given: no re-encoding per candidate chunk)."""
+        from ``primitives``, an earlier cache, when given: no re-encoding per candidate chunk); a primitive branch
+        that is switched off has none (None)."""
         device = self.vocab.device
         pairs = self.check_pairs(pairs).to(device)
         length, n_ctx = self.context_length(), len(self.ctx_ids)
@@ -292,13 +315,19 @@ class Refiner(FrozenClipCZSL):
             self.ctx["comp"],
             lambda s, e: torch.stack([vocab[pairs[s:e, 0]], vocab[self.n_attrs + pairs[s:e, 1]]], dim=1),
         )
-        if primitives is not None and primitives.state is not None and primitives.obj is not None:
+        if primitives is not None and all(getattr(primitives, k) is not None for k in self.primitives):
             state, obj = primitives.state, primitives.obj
         else:
-            state = run(self.n_attrs, 1, self.ctx["state"], lambda s, e: vocab[s:e, None])
-            obj = run(
-                self.n_objs, 1, self.ctx["obj"], lambda s, e: vocab[self.n_attrs + s : self.n_attrs + e, None]
-            )
+            state = obj = None
+            if "state" in self.branches:
+                state = run(self.n_attrs, 1, self.ctx["state"], lambda s, e: vocab[s:e, None])
+            if "obj" in self.branches:
+                obj = run(
+                    self.n_objs,
+                    1,
+                    self.ctx["obj"],
+                    lambda s, e: vocab[self.n_attrs + s : self.n_attrs + e, None],
+                )
         return TextCache(pairs=pairs, comp=comp, state=state, obj=obj)
 
     # ----------------------------------------------------------------------------------------- visual
@@ -364,7 +393,7 @@ class Refiner(FrozenClipCZSL):
             if w is not None:
                 attn = w
         feats = {}
-        for k in BRANCHES:
+        for k in self.branches:
             h = self.encoders[k](q)  # (B, n, W)
             if self.cfg.query_pool == "mean":
                 h = h.mean(dim=1)
@@ -381,22 +410,27 @@ class Refiner(FrozenClipCZSL):
 
     def score(self, images: Tensor | ImageFeatures, cache: TextCache) -> dict[str, Tensor]:
         f = self._features(images)
-        if cache.state is None or cache.obj is None:
+        if any(getattr(cache, k) is None for k in self.primitives):
             raise ValueError("refiner: the text cache lacks state/object features (use Refiner.encode_pairs)")
         c = self.cfg
-        out = {
-            "logits_comp": self._align(f.comp, cache.comp),
-            "logits_state": self._align(f.state, cache.state),
-            "logits_obj": self._align(f.obj, cache.obj),
-        }
+        text = {"comp": cache.comp, "state": cache.state, "obj": cache.obj}
+        out = {f"logits_{k}": self._align(getattr(f, k), text[k]) for k in LOGITS_ORDER if k in self.branches}
         if c.global_branch:
             out["logits_global"] = self.tau.float() * f.image.float() @ cache.comp.float().t()
-            scores = c.beta * out["logits_global"] + (1.0 - c.beta) * out["logits_comp"]
+            if "comp" in self.branches:
+                scores = c.beta * out["logits_global"] + (1.0 - c.beta) * out["logits_comp"]
+            else:
+                scores = out["logits_global"]
         else:
             scores = out["logits_comp"]
-        if c.prim_score:
+        if c.prim_score and self.primitives:
             a, o = cache.pairs[:, 0], cache.pairs[:, 1]
-            scores = scores + out["logits_state"].softmax(-1)[:, a] * out["logits_obj"].softmax(-1)[:, o]
+            if self.primitives == ("state", "obj"):
+                scores = scores + out["logits_state"].softmax(-1)[:, a] * out["logits_obj"].softmax(-1)[:, o]
+            elif self.primitives == ("state",):
+                scores = scores + out["logits_state"].softmax(-1)[:, a]
+            else:
+                scores = scores + out["logits_obj"].softmax(-1)[:, o]
         out["scores"] = scores
         if f.attention is not None:
             out["attention"] = f.attention
@@ -405,16 +439,18 @@ class Refiner(FrozenClipCZSL):
     def loss(
         self, out: dict[str, Tensor], attr: Tensor, obj: Tensor, pair_target: Tensor
     ) -> tuple[Tensor, dict[str, float]]:
-        """w_comp CE(l_c, pair) + w_global CE(l_g, pair) + w_state CE(l_s, attr) + w_obj CE(l_o, obj)."""
+        """w_comp CE(l_c, pair) + w_global CE(l_g, pair) + w_state CE(l_s, attr) + w_obj CE(l_o, obj) (the
+        terms of the branches that are on)."""
         c = self.cfg
         terms = {
-            "comp": (c.w_comp, out["logits_comp"], pair_target),
-            "state": (c.w_state, out["logits_state"], attr),
-            "obj": (c.w_obj, out["logits_obj"], obj),
+            "comp": (c.w_comp, out.get("logits_comp"), pair_target),
+            "state": (c.w_state, out.get("logits_state"), attr),
+            "obj": (c.w_obj, out.get("logits_obj"), obj),
         }
+        terms = {k: t for k, t in terms.items() if k in self.branches}
         if c.global_branch:
             terms["global"] = (c.w_global, out["logits_global"], pair_target)
-        total = out["logits_comp"].new_zeros(())
+        total = next(iter(terms.values()))[1].new_zeros(())
         logs = {}
         for key, (w, logits, target) in terms.items():
             ce = F.cross_entropy(logits, target)
