@@ -592,3 +592,44 @@ def test_feasibility_file_and_thresholds(tmp_path):
     assert keep.tolist() == [bool(s) or float(x) >= th[10] for x, s in zip(f, seen)]
     with pytest.raises(DataFormatError, match="no unseen column"):
         feasibility_thresholds(f, np.ones(30, bool))
+
+
+# --------------------------------------------------------------------------------------------- data.image_size
+def test_image_size_is_the_clips_own_or_refused(tmp_path, monkeypatch):
+    """A frozen CLIP reads its own input size only: data.image_size defaults to 0 (that size, set in no packaged
+    config); another value is refused by name with the expected size, before any data is read."""
+    import unseen.compositional.datasets as ds
+    from unseen.config import ConfigError, load_config
+    from unseen.runs import PACKAGE_CONFIGS, packaged_configs, resolve_config_path
+
+    czsl = [n for n in packaged_configs() if n.startswith("compositional/") and "demo_" not in n]
+    assert len(czsl) == 9
+    for name in czsl:
+        assert load_config(resolve_config_path(name)).data.image_size == 0, name
+    for f in (PACKAGE_CONFIGS / "compositional").glob("*.yaml"):
+        assert "image_size" not in f.read_text(), f
+
+    missing = tmp_path / "mit-states"  # not there: reading it would fail with another error
+    path = resolve_config_path("compositional/refiner_mit_states")
+
+    def prepare(size):
+        cfg = load_config(path, [f"data.root={missing}", f"data.image_size={size}"])
+        return ds.prepare_czsl(cfg.data, cfg.model)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ds, "load_czsl", lambda *a, **k: pytest.fail("data read before the config check"))
+        with pytest.raises(
+            ConfigError, match=r"data\.image_size=336: .*ViT-L-14-quickgelu reads 224-pixel .* to 224 or 0"
+        ):
+            prepare(336)
+        with pytest.raises(ConfigError, match=r"data\.image_size: expected 0"):
+            prepare(-1)
+    for ok in (224, 0):  # passes the check, then the (absent) folder is read
+        with pytest.raises(DataFormatError, match="dataset folder not found"):
+            prepare(ok)
+    cfg = load_config(path, [f"data.root={missing}", "data.image_size=336"])
+    with pytest.raises(DataFormatError, match="dataset folder not found"):
+        ds.prepare_czsl(cfg.data)  # no model (e.g. a data check): nothing to compare with here
+    assert ds.clip_config_image_size("ViT-L-14-336") == 336
+    assert ds.clip_config_image_size("unseen-tiny-clip") == 64
+    assert ds.clip_config_image_size("hf-hub:org/name") is None  # no network look-up: checked once built

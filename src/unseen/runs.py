@@ -38,9 +38,16 @@ def resolve_config_path(name: str | Path) -> Path:
     )
 
 
+def default_run_name(cfg: RunConfig) -> str:
+    """``<model>_<dataset>_<time>``; the dataset part is the setting's (a czsl folder's benchmark, e.g.
+    ``mit-states``, not ``czsl``: several of them can share an output folder), else ``data.name``."""
+    dataset = get_task(cfg.setting).run_name_dataset(cfg)
+    return f"{cfg.model.name}_{dataset}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def new_run_dir(cfg: RunConfig) -> Path:
     """``output_dir/name``; never reuses an existing folder (use ``--resume`` to continue one)."""
-    name = cfg.name or f"{cfg.model.name}_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.name or default_run_name(cfg)
     run_dir = Path(cfg.output_dir) / name
     if (
         os.environ.get("RANK", "0") == "0"
@@ -91,9 +98,7 @@ def train_seeds(
 
     path = resolve_config_path(config)
     first = load_config(path, list(overrides))
-    sweep = Path(first.output_dir) / (
-        first.name or f"{first.model.name}_{first.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    sweep = Path(first.output_dir) / (first.name or default_run_name(first))
     if sweep.exists() and any(sweep.iterdir()):
         raise FileExistsError(f"{sweep} already exists: choose another name=")
     for seed in seeds:

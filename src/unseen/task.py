@@ -383,6 +383,11 @@ class Task:
             tracker=self.tracker,
         )
 
+    @classmethod
+    def run_name_dataset(cls, cfg: RunConfig) -> str:
+        """The dataset part of a default run folder name, from the config alone (named before data is read)."""
+        return str(cfg.data.name)
+
     # ------------------------------------------------------------------------------------- finished runs
     @classmethod
     def load_model(cls, run_dir: Path, cfg: RunConfig) -> Any:

@@ -12,7 +12,7 @@ pairs beyond the encoded candidate texts.
 from __future__ import annotations
 
 import json
-import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,15 +23,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from unseen.compositional.data import CZSLImageDataset, clip_transforms
-from unseen.compositional.datasets import CompositionalData
+from unseen.compositional.data import dataset_name as czsl_dataset_name
+from unseen.compositional.datasets import CompositionalData, check_image_size
 from unseen.compositional.metrics import CZSLResult, StreamingEvaluator, ThresholdSearch, open_world_keep_mask
 from unseen.config import EvalConfig, RunConfig, load_run_config
 from unseen.engine import LossFn, load_state_checked, progress
 from unseen.io import atomic_write_json, read_image, short_hash
 from unseen.registry import create_model, register_task
 from unseen.task import DemoSpec, Fitted, Predictor, Task, Tested
-
-log = logging.getLogger("unseen")
 
 
 class CompositionalModel:
@@ -132,6 +131,33 @@ def _result_dict(r: CZSLResult) -> dict[str, float]:
     }
 
 
+CHANCE_BLOCK = 1 << 22  # random scores drawn and evaluated at a time (16 MiB of float32; C-GQA OW: 15 rows)
+
+
+def chance_result(
+    rng: np.random.Generator,
+    pairs: np.ndarray,
+    seen: np.ndarray,
+    eval_mask: np.ndarray,
+    gt: np.ndarray,
+    gt_attr: np.ndarray,
+    gt_obj: np.ndarray,
+    block: int = CHANCE_BLOCK,
+) -> CZSLResult:
+    """The evaluator's result for i.i.d. uniform float32 scores (``len(gt) x len(pairs)``), drawn and streamed in
+    blocks of whole rows of at most ``block`` values (one row if a row is longer): the same numbers as one
+    ``rng.random((N, P), float32)`` matrix (a Generator fills row-major and consecutive draws continue its
+    stream, so the blocks are that matrix's rows), with one block in memory instead of N x P (C-GQA open world:
+    5.7 GB). Flagged near-ties are left unresolved (``n_ambiguous``), as with the dense matrix."""
+    ev = StreamingEvaluator(pairs, seen, eval_mask, gt, gt_attr, gt_obj)
+    n, p = len(gt), len(pairs)
+    step = max(1, block // p)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        ev.update(rng.random((b - a, p), dtype=np.float32), slice(a, b))
+    return ev.result()
+
+
 @register_task
 class CompositionalTask(Task):
     """One compositional method on one czsl dataset (protocol: module docstring)."""
@@ -168,11 +194,21 @@ class CompositionalTask(Task):
     def setup(self, data: CompositionalData) -> None:
         self.spec = data
         self.data = data.czsl
-        self.image_size = data.image_size  # replaced by the CLIP's own input resolution once it is built
+        self.image_size = 0  # the CLIP's input resolution: set when it is built (or read from vocab.json)
 
     def dataset_name(self) -> str:
         d = self.data
         return d.dataset or d.root.name
+
+    @classmethod
+    def run_name_dataset(cls, cfg: RunConfig) -> str:
+        """The dataset part of a default run folder name, from the config alone (the folder is named before the
+        data is read): as :meth:`dataset_name` for a czsl folder, else the data name."""
+        # a czsl folder's name tells the benchmark; the embedded world's cache folder does not
+        root = cfg.data.root if cfg.data.name == "czsl" else ""
+        if not root:
+            return str(cfg.data.name)
+        return czsl_dataset_name(root) or Path(os.path.abspath(root)).name or str(cfg.data.name)
 
     def build_model(self) -> nn.Module:
         from unseen.compositional.clip import create_clip
@@ -180,9 +216,9 @@ class CompositionalTask(Task):
         torch.manual_seed(self.cfg.seed)
         m = self.cfg.model
         clip = create_clip(m.clip_arch, m.clip_weights or None, self.device)
-        size = getattr(clip.visual, "image_size", self.spec.image_size)
+        size = clip.visual.image_size  # open_clip's towers all record it (an int or an (h, w) pair)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        log.info("%s", self.data.summary())
+        check_image_size(self.spec.image_size, self.image_size, m.clip_arch)
         model = create_model(
             m.name, m, "compositional", clip_model=clip, attr_names=self.data.attrs, obj_names=self.data.objs
         )
@@ -290,26 +326,31 @@ class CompositionalTask(Task):
         return Tested(metrics, extra=extra, detail=cw)
 
     def chance(self, tested: Tested) -> dict[str, float]:
-        """Evaluator output for i.i.d. uniform scores (closed world test; open world with every pair kept)."""
+        """Evaluator output for i.i.d. uniform scores (closed world test; open world with every pair kept, only
+        where the run evaluates an open world)."""
         d = self.data
         rng = np.random.default_rng(self.cfg.seed)
-        out = {}
-        for world in ("cw", "ow"):
-            if world == "cw":
-                pairs, seen, mask, gt = (
-                    _pairs_tensor(d.pair_attr, d.pair_obj).numpy(),
-                    d.seen_mask(),
-                    d.eval_mask("test"),
-                    d.targets("test"),
-                )
-            else:
-                pairs = np.stack(np.divmod(np.arange(d.n_open_pairs), d.n_objs), 1)
-                seen, gt = d.seen_mask("open"), d.targets("test", "open")
-                mask = np.ones(d.n_open_pairs, bool)
-            s = rng.random((len(gt), len(pairs)), dtype=np.float32)
-            ev = StreamingEvaluator(pairs, seen, mask, gt, d.test.attr, d.test.obj)
-            ev.update(s)
-            out.update({f"{world}/{k}": v for k, v in _result_dict(ev.result()).items()})
+        cw = chance_result(
+            rng,
+            _pairs_tensor(d.pair_attr, d.pair_obj).numpy(),
+            d.seen_mask(),
+            d.eval_mask("test"),
+            d.targets("test"),
+            d.test.attr,
+            d.test.obj,
+        )
+        out = {f"cw/{k}": v for k, v in _result_dict(cw).items()}
+        if self.spec.feasibility is not None:  # the same rule as test(): no ow/ metrics, no ow/ chance
+            ow = chance_result(
+                rng,  # continues after the closed-world draws, as when the two were drawn in one function
+                np.stack(np.divmod(np.arange(d.n_open_pairs), d.n_objs), 1),
+                d.seen_mask("open"),
+                np.ones(d.n_open_pairs, bool),
+                d.targets("test", "open"),
+                d.test.attr,
+                d.test.obj,
+            )
+            out.update({f"ow/{k}": v for k, v in _result_dict(ow).items()})
         return out
 
     def data_fingerprint(self, tested: Tested) -> str:
