@@ -129,6 +129,7 @@ def ablation(tmp_path_factory):
     return res
 
 
+@pytest.mark.slow  # four tiny runs (~17 s): the default suite keeps under 3 minutes
 def test_one_row_per_variant_with_mean_and_sample_std_of_its_runs(ablation):
     out = ablation["output"]
     assert ablation["trained"] == 4 and ablation["reused"] == 0
@@ -156,6 +157,7 @@ def test_one_row_per_variant_with_mean_and_sample_std_of_its_runs(ablation):
     assert json.loads((out / "ablation.json").read_text())["overrides"] == TINY
 
 
+@pytest.mark.slow  # four tiny runs (~17 s): the default suite keeps under 3 minutes
 def test_restart_reuses_finished_runs_and_reruns_a_killed_one(ablation, capsys):
     out = ablation["output"]
     # a run killed before its first checkpoint: no results, no checkpoint, a stray file

@@ -59,6 +59,7 @@ def val_level_run(tmp_path_factory):
     return Path(res["run_dir"]), res
 
 
+@pytest.mark.slow  # a tiny run plus rescoring (~12 s); the zscore default runs in every attribute run test
 def test_validation_level_reads_no_test_image(val_level_run):
     from unseen.attribute.task import AttributeTask
     from unseen.config import load_config
@@ -89,6 +90,7 @@ def test_validation_level_reads_no_test_image(val_level_run):
     assert "VALIDATION LEVEL" in saved["selection"]["rule"]
 
 
+@pytest.mark.slow  # a tiny run plus rescoring (~12 s); the zscore default runs in every attribute run test
 def test_transferred_gamma_is_the_rule_on_both_models(val_level_run):
     """The quantile rule, recomputed by brute force from the calibration model at its best epoch (on its own
     training images) and the final model (on trainval)."""
