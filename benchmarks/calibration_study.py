@@ -22,6 +22,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,15 +30,13 @@ import torch
 from unseen.attribute.metrics import GAMMA_TRANSFERS, gzsl_accuracy
 
 
-def candidates_and_scores(run_dir: Path) -> tuple[dict[str, float], np.ndarray, dict]:
-    """Every rule's gamma and the final model's test scores (float64) of one finished run."""
-    from unseen.task import open_run
-
+def candidates_and_scores(run_dir: Path, task: Any) -> tuple[dict[str, float], np.ndarray, dict]:
+    """Every rule's gamma and the final model's test scores (float64) of one finished run (``task``: its
+    opened task)."""
     results = json.loads((run_dir / "results.json").read_text())
     sel = results["selection"]
     # scores are reproduced bit for bit only with the run's thread count (float reduction order)
     torch.set_num_threads(int(results["versions"].get("torch_threads", torch.get_num_threads())))
-    task = open_run(run_dir)
     if "gamma_candidates" in sel and task.model_entry.fit != "engine":
         return sel["gamma_candidates"], np.load(run_dir / "test_scores.npy").astype(np.float64), results
     d = task.data
@@ -65,8 +64,8 @@ def study(root: Path) -> list[dict]:
     rows = []
     for res_path in sorted(root.glob("*/results.json")):
         run_dir = res_path.parent
-        cands, scores, results = candidates_and_scores(run_dir)
-        task = open_run(run_dir)
+        task = open_run(run_dir)  # reads the dataset once per run
+        cands, scores, results = candidates_and_scores(run_dir, task)
         d = task.data
         labels = d.labels[task.test_idx]
         acc = {

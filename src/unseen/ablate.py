@@ -357,10 +357,6 @@ def ablate(
 
 
 # --------------------------------------------------------------------------------------------- the table
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def summarize(
     spec: AblationSpec,
     variants: Sequence[Variant],
@@ -373,7 +369,7 @@ def summarize(
     variant's runs, in % as in the demo tables; ``time`` = mean wall time of a run. Returns ``text``,
     ``markdown``, ``csv``, ``rows`` (the formatted cells) and ``columns``."""
     from unseen.registry import get_task
-    from unseen.report import _columns, format_table, run_record
+    from unseen.report import columns, format_table, mean_std_cell, run_record
 
     records = {v.name: [run_record(d) for d in run_dirs[v.name]] for v in variants}
     walls = {
@@ -383,7 +379,7 @@ def summarize(
         ]
         for v in variants
     }
-    cols = _columns(spec.setting, [r for rs in records.values() for r in rs])
+    cols = columns(spec.setting, [r for rs in records.values() for r in rs])
     header = [("variant", "variant"), ("n", "n"), *cols, ("time", "time/run")]
     rows: list[dict[str, Any]] = []
     buf = io.StringIO()
@@ -393,16 +389,15 @@ def summarize(
         recs = records[v.name]
         row: dict[str, Any] = {"variant": v.name, "n": str(len(recs))}
         for key, _ in cols:
-            vals = [100 * float(r["values"][key]) for r in recs if key in r["values"]]
-            if not vals:
+            cell = mean_std_cell(recs, key)
+            if cell is None:
                 continue
-            mean, std = _mean_std(vals)
-            row[key] = f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+            row[key], mean, std, n = cell
             writer.writerow(
                 [
                     v.name,
                     " ".join(v.overrides),
-                    len(vals),
+                    n,
                     " ".join(map(str, worlds)) if worlds is not None else "",
                     " ".join(map(str, seeds)),
                     key,

@@ -280,7 +280,7 @@ def run_record(run_dir: Path) -> dict[str, Any]:
         raise DataFormatError(f"{run_dir / 'results.json'}: not a results file of unseen ({exc!r})") from None
 
 
-def _columns(setting: str, records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def columns(setting: str, records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """The setting's demo columns where it has them (its headline metrics), else every metric of the runs."""
     from unseen.registry import get_task
 
@@ -299,13 +299,25 @@ def _columns(setting: str, records: list[dict[str, Any]]) -> list[tuple[str, str
     return [(k, k) for k in keys]
 
 
+def mean_std_cell(records: list[dict[str, Any]], key: str) -> tuple[str, float, float | None, int] | None:
+    """``key`` over the records that have it, in %: (``"mean ± std"`` cell, mean, sample std or None for one
+    value, n); None when no record has it."""
+    import statistics
+
+    vals = [100 * float(r["values"][key]) for r in records if key in r["values"]]
+    if not vals:
+        return None
+    mean = statistics.fmean(vals)
+    std = statistics.stdev(vals) if len(vals) > 1 else None
+    return (f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"), mean, std, len(vals)
+
+
 def compare_runs(patterns: Sequence[str | Path]) -> dict[str, Any]:
     """Runs grouped by experiment (same setting, method, dataset and config up to the seed), one row per group
     with mean ± std (sample std, n - 1) over its seeds. Returns ``{"tables": {setting: (columns, rows)}, "text",
     "markdown", "csv"}``; values in % as in the demo tables (fractions x 100)."""
     import csv
     import io
-    import statistics
 
     records = [run_record(r) for r in find_runs(patterns)]
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -319,24 +331,22 @@ def compare_runs(patterns: Sequence[str | Path]) -> dict[str, Any]:
     )
     for setting in sorted({k[0] for k in groups}):
         members = [(k, g) for k, g in groups.items() if k[0] == setting]
-        cols = _columns(setting, [r for _, g in members for r in g])
+        cols = columns(setting, [r for _, g in members for r in g])
         rows = []
         for (_, method, dataset, _), g in members:
             seeds = sorted(r["seed"] for r in g if r["seed"] is not None)
             row: dict[str, Any] = {"method": method, "dataset": dataset, "n": len(g), "seeds": seeds}
             for key, _ in cols:
-                vals = [100 * float(r["values"][key]) for r in g if key in r["values"]]
-                if not vals:
+                cell = mean_std_cell(g, key)
+                if cell is None:
                     continue
-                mean = statistics.fmean(vals)
-                std = statistics.stdev(vals) if len(vals) > 1 else None
-                row[key] = f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+                row[key], mean, std, n = cell
                 writer.writerow(
                     [
                         setting,
                         method,
                         dataset,
-                        len(vals),
+                        n,
                         " ".join(map(str, seeds)),
                         key,
                         f"{mean:.4f}",

@@ -94,17 +94,22 @@ class XLSA17Data:
     def n_images(self) -> int:
         return int(len(self.labels))
 
-    def validation_split(self, holdout: float = 0.2, seed: int = 0) -> ValidationSplit:
-        """val-unseen = ``val_loc``; val-seen = a seeded per-class ``holdout`` fraction of ``train_loc`` (at least
-        one image of every class that has two or more); train = the rest of ``train_loc``."""
+    def _val_locs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``train_loc``, ``val_loc``, or the error saying why there is no validation split."""
         if self.train_loc is None or self.val_loc is None:
             raise DataFormatError(
                 self.val_split_problem or f"{self.root}: no validation split (train_loc/val_loc)"
             )
+        return self.train_loc, self.val_loc
+
+    def validation_split(self, holdout: float = 0.2, seed: int = 0) -> ValidationSplit:
+        """val-unseen = ``val_loc``; val-seen = a seeded per-class ``holdout`` fraction of ``train_loc`` (at least
+        one image of every class that has two or more); train = the rest of ``train_loc``."""
+        train_loc, val_loc = self._val_locs()
         if not 0.0 <= float(holdout) < 1.0:
             raise ValueError(f"validation holdout must be in [0, 1), got {holdout}")
         rng = np.random.default_rng(seed)
-        train_loc = np.sort(self.train_loc)
+        train_loc = np.sort(train_loc)
         lab = self.labels[train_loc]
         held: list[np.ndarray] = []
         for c in np.unique(lab):
@@ -117,7 +122,7 @@ class XLSA17Data:
                 held.append(rng.choice(rows, size=k, replace=False))
         val_seen = np.sort(np.concatenate(held)).astype(np.int64) if held else np.zeros(0, np.int64)
         train = np.setdiff1d(train_loc, val_seen).astype(np.int64)
-        val_unseen = np.sort(self.val_loc).astype(np.int64)
+        val_unseen = np.sort(val_loc).astype(np.int64)
         return ValidationSplit(
             train,
             val_seen,
@@ -132,14 +137,11 @@ class XLSA17Data:
         trainval = the calibration run's training images) and a seeded subset of the training classes, in the
         proportion of val to train+val classes, plays ``val_loc``. No test image is in it: xlsa17's ``train_loc``
         and ``val_loc`` also hold the ``test_seen_loc`` images, so both are first cut to ``trainval_loc``."""
-        if self.train_loc is None or self.val_loc is None:
-            raise DataFormatError(
-                self.val_split_problem or f"{self.root}: no validation split (train_loc/val_loc)"
-            )
+        train_loc, val_loc = self._val_locs()
         inside = dataclasses.replace(
             self,
-            train_loc=np.intersect1d(self.train_loc, self.trainval_loc),
-            val_loc=np.intersect1d(self.val_loc, self.trainval_loc),
+            train_loc=np.intersect1d(train_loc, self.trainval_loc),
+            val_loc=np.intersect1d(val_loc, self.trainval_loc),
         )
         split = inside.validation_split(holdout, seed)
         seen, unseen = split.seen_classes, split.unseen_classes
