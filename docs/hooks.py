@@ -296,7 +296,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Arg
 
 
 def cli_page() -> str:
-    from unseen.cli import _parser
+    from unseen.cli import build_parser
 
     out = [
         "# Command line",
@@ -316,7 +316,7 @@ def cli_page() -> str:
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"  # argparse wraps --help to the terminal; the page has a fixed width
     try:
-        walk(_parser(), "unseen", 2)
+        walk(build_parser(), "unseen", 2)
     finally:
         if old is None:
             del os.environ["COLUMNS"]

@@ -133,6 +133,17 @@ def _cli(*args):
     )
 
 
+def test_resuming_a_finished_run_leaves_it_as_it_is(mgmrn_run, monkeypatch):
+    from unseen.engine import Engine
+
+    run_dir, res = mgmrn_run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    monkeypatch.setattr(Engine, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = runs.train(None, [], resume=run_dir)
+    assert again["metrics"] == res["metrics"] and again["run_dir"] == str(run_dir)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
 def test_cli_errors_are_specific_and_without_traceback(tmp_path, capsys):
     p = _cli("train", "attribute/demo_mgmrn", "model.n_levelz=2")  # one real process: no traceback escapes
     assert p.returncode == 2 and "unknown key(s) 'n_levelz'" in p.stderr and "valid keys:" in p.stderr

@@ -34,7 +34,8 @@ def _cfg(out: Path, method: str, extra: list[str] | None = None):
     return load_config(resolve_config_path(f"compositional/demo_{method}"), over + (extra or []))
 
 
-@pytest.mark.parametrize("method", ["zeroshot", "csp", "refiner"])
+# csp is slow here: test_tracking trains it through the same protocol in the default suite
+@pytest.mark.parametrize("method", ["zeroshot", pytest.param("csp", marks=pytest.mark.slow), "refiner"])
 def test_run_end_to_end_and_eval_reproduces(tmp_path: Path, method: str) -> None:
     from unseen import runs
 

@@ -551,7 +551,10 @@ def test_glove_loader(tmp_path):
     np.testing.assert_allclose(got2["bin"], rounded["trashcan"], atol=1e-6)
     path3 = tmp_path / "short.txt"
     path3.write_text("cat 1 2 3\nwet 1 2\n")
-    with pytest.raises(DataFormatError, match=r"short\.txt: line 2: 2 values for word 'wet', expected 3"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"short\.txt: line 2: word 'wet': expected 3 finite numbers after the word, got 2 values",
+    ):
         load_glove_vectors(path3, ["cat", "wet"])
     # end to end: GloVe vectors into the feasibility computation
     f = feasibility_scores(

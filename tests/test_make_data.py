@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unseen.io import DataFormatError
+from unseen.io import DataFormatError, read_glove
 from unseen.make_data import (
     add_make_parser,
     glove_vectors,
@@ -19,7 +19,6 @@ from unseen.make_data import (
     make_multilabel_dataset,
     make_word_vectors,
     name_words,
-    read_glove,
     run_make,
 )
 
@@ -484,7 +483,7 @@ def test_unseen_cli_exit_codes_once_wired(tmp_path: Path, capsys) -> None:
     from unseen import cli
 
     try:
-        cli._parser().parse_args(["data", "make", "wordvectors", "--glove", "g.txt"])
+        cli.build_parser().parse_args(["data", "make", "wordvectors", "--glove", "g.txt"])
     except SystemExit:
         capsys.readouterr()
         pytest.skip("`unseen data make` is not wired into unseen.cli yet")

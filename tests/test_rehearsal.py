@@ -90,6 +90,7 @@ def _logs(out: dict) -> dict[str, str]:
     return {r["step"]: Path(r["log"]).read_text() for r in out["steps"]}
 
 
+@pytest.mark.slow  # the slow czsl rehearsal runs `data check czsl` on the same replica
 def test_czsl_replica_is_read_at_the_real_counts(tmp_path, capsys):
     """UT-Zappos (czsl's folder name ut-zap50k, legacy-format metadata with `_image`) passes `unseen data check
     czsl` with its asserted counts; MIT-States' and C-GQA's pair lists have the real seen/unseen structure."""

@@ -24,7 +24,7 @@ USER_ERRORS = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="unseen", description="Zero-shot recognition: attribute, multi-label, compositional."
     )
@@ -41,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train and evaluate one run from a config")
     t.add_argument("config", nargs="?", help="YAML path or packaged name, e.g. attribute/mgmrn_cub")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=5")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a killed run from its last checkpoint (a finished run is left as it is)",
+    )
     t.add_argument(
         "--seeds", help="a seed sweep, e.g. 0,1,2 or 0-4: one run per seed, then a mean ± std report"
     )
@@ -131,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse leaves `key=value` items that come after an option (`demo compositional --output-dir x seed=1`)
     # unparsed: they are overrides too. Anything else is still an error.

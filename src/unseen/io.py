@@ -16,7 +16,7 @@ import os
 import pickle
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +264,54 @@ def open_h5(path: str | os.PathLike[str], mode: str = "r") -> Any:
     except OSError as exc:
         msg = str(exc).split("\n")[0]
         raise DataFormatError(f"{path}: not a readable HDF5 file ({msg})") from None
+
+
+def read_glove(path: str | os.PathLike[str], words: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
+    """The vectors of ``words`` from a GloVe (``word v1 ... vD`` per line) or word2vec text file (its ``N D`` header
+    line is skipped) -> ``({word: float64 vector}, D)``. Only the wanted lines are parsed (GloVe files are GBs); a
+    word is matched exactly, else case-insensitively (cased files such as GloVe 840B); a word's first line counts.
+    The one GloVe reader: ``unseen data make wordvectors`` and the czsl loader use it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found (GloVe text file)")
+    wanted = set(words)
+    exact: dict[str, np.ndarray] = {}
+    folded: dict[str, np.ndarray] = {}
+    dim = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip()
+            if not line:
+                continue
+            if dim == 0:
+                parts = line.split()
+                if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                    continue  # word2vec text header "N D"
+                dim = len(parts) - 1
+                if dim < 1:
+                    raise DataFormatError(
+                        f"{path}: line {lineno}: expected 'word v1 ... vD', got {line[:60]!r}"
+                    )
+            fields = line.rsplit(b" ", dim)  # from the right: some GloVe 840B words contain spaces
+            word = fields[0].decode("utf-8", errors="replace")
+            low = word.lower()
+            if word in exact or (word not in wanted and (low not in wanted or low in exact or low in folded)):
+                continue  # the first line of a word counts
+            try:
+                vec = np.array([float(x) for x in fields[1:]], np.float64)
+            except ValueError:
+                vec = np.zeros(0)
+            if len(vec) != dim or not np.all(np.isfinite(vec)):
+                raise DataFormatError(
+                    f"{path}: line {lineno}: word '{word}': expected {dim} finite numbers after the word, "
+                    f"got {len(fields) - 1} values"
+                )
+            (exact if word in wanted else folded)[word if word in wanted else low] = vec
+            if len(exact) == len(wanted):
+                break
+    if dim == 0:
+        raise DataFormatError(f"{path}: no word vectors in the file")
+    return {**folded, **exact}, dim
 
 
 def short_hash(data: str | bytes, n: int = 10) -> str:

@@ -58,7 +58,14 @@ from typing import Any
 
 import numpy as np
 
-from unseen.io import DataFormatError, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from unseen.io import (
+    DataFormatError,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_glove,
+)
 
 log = logging.getLogger("unseen")
 
@@ -696,52 +703,6 @@ def name_words(name: str) -> list[str]:
     return _WORD.findall(_ID_PREFIX.sub("", name).lower())
 
 
-def read_glove(path: str | os.PathLike[str], words: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
-    """The vectors of ``words`` from a GloVe (``word v1 ... vD`` per line) or word2vec text file (its ``N D``
-    header line is skipped) -> ``({word: float64 vector}, D)``. Only the wanted lines are parsed; a word is
-    matched exactly, else case-insensitively (cased files such as GloVe 840B)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found (GloVe text file)")
-    wanted = set(words)
-    exact: dict[str, np.ndarray] = {}
-    folded: dict[str, np.ndarray] = {}
-    dim = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.rstrip()
-            if not line:
-                continue
-            if dim == 0:
-                parts = line.split()
-                if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                    continue  # word2vec text header "N D"
-                dim = len(parts) - 1
-                if dim < 1:
-                    raise DataFormatError(
-                        f"{path}: line {lineno}: expected 'word v1 ... vD', got {line[:60]!r}"
-                    )
-            fields = line.rsplit(b" ", dim)  # from the right: some GloVe 840B words contain spaces
-            word = fields[0].decode("utf-8", errors="replace")
-            low = word.lower()
-            if word not in wanted and (low not in wanted or low in exact or low in folded):
-                continue
-            try:
-                vec = np.array([float(x) for x in fields[1:]], np.float64)
-            except ValueError:
-                vec = np.zeros(0)
-            if len(vec) != dim or not np.all(np.isfinite(vec)):
-                raise DataFormatError(
-                    f"{path}: line {lineno}: word '{word}': expected {dim} finite numbers after the word"
-                )
-            (exact if word in wanted else folded)[word if word in wanted else low] = vec
-            if len(exact) == len(wanted):
-                break
-    if dim == 0:
-        raise DataFormatError(f"{path}: no word vectors in the file")
-    return {**folded, **exact}, dim
-
-
 def glove_vectors(
     names: Sequence[str], glove: str | os.PathLike[str], allow_missing: bool = False
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -1149,7 +1110,6 @@ __all__ = [
     "make_multilabel_dataset",
     "make_word_vectors",
     "name_words",
-    "read_glove",
     "read_name_list",
     "run_make",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -70,7 +71,19 @@ def train(
                 f"--resume {resume} continues that run with its saved config; do not also give a config ({config})"
             )
         run_dir = Path(resume)
-        return run_config(load_run_config(run_dir, list(overrides)), run_dir, resume=True)
+        cfg = load_run_config(run_dir, list(overrides))
+        done = run_dir / "results.json"
+        if done.is_file() and not overrides:  # finished: resuming it would only test the same model again
+            from unseen.report import run_record
+
+            run_record(run_dir)  # a results.json of unseen, or a clear error
+            log.info(
+                "%s is finished: nothing to resume (`unseen eval %s` recomputes its metrics)",
+                run_dir,
+                run_dir,
+            )
+            return {**json.loads(done.read_text()), "run_dir": str(run_dir)}
+        return run_config(cfg, run_dir, resume=True)
     cfg = load_config(resolve_config_path(config) if config else None, list(overrides))
     return run_config(cfg, new_run_dir(cfg))
 

@@ -30,7 +30,7 @@ Shared model interface (:class:`FrozenClipCZSL`, implemented by ``zeroshot_clip`
     (attr_idx, obj_idx) into ``attr_names`` / ``obj_names``.
 
     - ``model(images, pairs, return_attention=False) -> dict``: ``"scores"`` (B, K), the inference score the
-      evaluator uses; ``"logits_comp"`` (B, K); where the model has them ``"logits_global"`` (B, K),
+      evaluator uses; where the model has them ``"logits_comp"`` (B, K), ``"logits_global"`` (B, K),
       ``"logits_state"`` (B, |A|), ``"logits_obj"`` (B, |O|); ``"attention"`` (B, n_queries, T) on request.
     - ``model.loss(out, attr, obj, pair_target) -> (loss, logs)``: ``pair_target`` (B,) indexes the K pairs
       given to the forward (train pairs in file order at training time); ``attr``/``obj`` (B,) index the

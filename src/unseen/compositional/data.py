@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from unseen.io import DataFormatError, UnsafeFileError, atomic_path, read_image
+from unseen.io import DataFormatError, UnsafeFileError, atomic_path, read_glove, read_image
 
 log = logging.getLogger("unseen")
 
@@ -709,10 +709,10 @@ def glove_words(name: str, remap: Mapping[str, str] | None = None) -> list[str]:
 def load_glove_vectors(
     path: str | os.PathLike[str], names: Iterable[str], remap: Mapping[str, str] | None = None
 ) -> dict[str, np.ndarray]:
-    """Vectors for ``names`` from a GloVe text file (``word v1 ... vd`` per line, space-separated; a word2vec
-    ``count dim`` header line is ignored) -> {name: float32 (d,)}. Each name is the mean of the vectors of :func:`glove_words` (lower-case,
-    ``remap`` = :data:`GLOVE_REMAP` by default, ``_`` words averaged). Only the needed words are parsed. Words not in
-    the file raise DataFormatError listing every one of them with the names that need them."""
+    """Vectors for ``names`` from a GloVe text file (read by :func:`unseen.io.read_glove`) -> {name: float32 (d,)}.
+    Each name is the mean of the vectors of :func:`glove_words` (lower-case, ``remap`` = :data:`GLOVE_REMAP` by
+    default, ``_`` words averaged). Words not in the file raise DataFormatError listing every one of them with the
+    names that need them."""
     path = Path(path)
     names = list(dict.fromkeys(names))
     words = {n: glove_words(n, remap) for n in names}
@@ -720,27 +720,7 @@ def load_glove_vectors(
         if not ws:
             raise ValueError(f"name {n!r} maps to no words")
     wanted = {w for ws in words.values() for w in ws}
-    found: dict[str, np.ndarray] = {}
-    dim: int | None = None
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            word = line.split(" ", 1)[0]
-            if word not in wanted or word in found:  # only the needed lines are parsed (GloVe files are GBs)
-                continue
-            parts = line.rstrip().split(" ")
-            if dim is None:
-                dim = len(parts) - 1
-            if len(parts) - 1 != dim or dim < 1:
-                raise DataFormatError(
-                    f"{path}: line {lineno}: {len(parts) - 1} values for word {word!r}, expected "
-                    f"{dim} (as on the first parsed line)"
-                )
-            try:
-                found[word] = np.asarray(parts[1:], dtype=np.float32)
-            except ValueError:
-                raise DataFormatError(f"{path}: line {lineno}: non-numeric value for word {word!r}") from None
+    found = {w: v.astype(np.float32) for w, v in read_glove(path, sorted(wanted))[0].items()}
     missing = {w: [n for n, ws in words.items() if w in ws] for w in sorted(wanted - found.keys())}
     if missing:
         shown = "; ".join(f"{w!r} (for {ns[:3]})" for w, ns in list(missing.items())[:20])
