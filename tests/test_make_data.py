@@ -391,6 +391,20 @@ def test_multilabel_files_read_back_by_the_nus_wide_reader(tmp_path: Path) -> No
         np.testing.assert_array_equal(np.concatenate([z["tags1k"], z["concepts81"]]), lv)
     lines = check_multilabel("nus_wide", out)
     assert any("seen: 4" in ln and "unseen (ZSL): 2" in ln for ln in lines)
+    # `data check nus_wide` opens the feature files too: counts, shape and label lengths, then a bad file is named
+    assert (
+        "  features nus_wide_train.h5: 19 images, (channels, regions) = (16, 4), 4 labels each"
+        in "\n".join(lines)
+    )
+    assert "  features nus_wide_test.h5: 5 images, (channels, regions) = (16, 4), 6 labels each" in "\n".join(
+        lines
+    )
+    import shutil
+
+    bad = shutil.copytree(out, tmp_path / "bad")
+    shutil.copy(bad / "nus_wide_train.h5", bad / "nus_wide_test.h5")  # 4 labels where the test file has 6
+    with pytest.raises(DataFormatError, match=r"nus_wide_test\.h5: .*labels.*6"):
+        check_multilabel("nus_wide", bad)
     # refusal, and nothing half-written by a failing make
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         _make_ml(tmp_path, inp)

@@ -179,6 +179,25 @@ def test_open_images_txt_fallback_and_errors(oi, tmp_path):
         load_open_images_labels(tmp_path)
 
 
+def test_a_damaged_feature_dataset_is_named_not_a_traceback(tmp_path):
+    from unseen.multilabel.data import write_biam_h5
+
+    path = tmp_path / "damaged.h5"
+    write_biam_h5(
+        path, [("a.jpg", np.arange(32, dtype=np.float32).reshape(8, 4), np.array([1, -1, 0], np.int8))],
+        feature_shape=(8, 4),
+    )  # fmt: skip
+    with h5py.File(path) as f:
+        chunk = f["a.jpg-features"].id.get_chunk_info(0)
+    raw = bytearray(path.read_bytes())
+    raw[chunk.byte_offset : chunk.byte_offset + chunk.size] = bytes(chunk.size)  # the gzip stream zeroed
+    path.write_bytes(bytes(raw))
+    ds = BiAMH5Dataset(path, None, n_labels=3, feature_shape=(8, 4))  # the keys are intact
+    with pytest.raises(DataFormatError, match=r"damaged\.h5: key 'a\.jpg-features' cannot be read"):
+        ds.read(0)
+    ds.close()
+
+
 def test_check_multilabel_reports(nus, oi):
     text = "\n".join(check_multilabel("nus_wide", nus))
     for s in (
@@ -189,6 +208,7 @@ def test_check_multilabel_reports(nus, oi):
         "75/75",
         ", ".join(NOT_TAGS),
         "identical: yes",
+        "features nus_wide_train.h5: absent",
     ):
         assert s in text
     text = "\n".join(check_multilabel("open_images", oi))

@@ -522,8 +522,13 @@ def make_multilabel_dataset(
     """Write a NUS-WIDE-layout folder ``out_dir`` (label files, name lists, BiAM h5 features through
     :func:`unseen.multilabel.extract.extract_h5`) from a CSV and the seen / unseen label lists; returns the
     summary saved as ``make_multilabel.json``."""
-    from unseen.multilabel.data import BiAMH5Dataset, h5_name, load_biam_names, load_nus_wide_labels
-    from unseen.multilabel.datasets import feature_shape
+    from unseen.multilabel.data import (
+        BiAMH5Dataset,
+        feature_shape,
+        h5_name,
+        load_biam_names,
+        load_nus_wide_labels,
+    )
     from unseen.multilabel.extract import build_extractor, extract_h5
 
     out_dir = Path(out_dir)

@@ -460,6 +460,18 @@ def _check_features(feat: np.ndarray, path: Any, key: str, shape: tuple[int, int
     return feat.astype(np.float32, copy=False)
 
 
+def feature_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(channels, regions) of the first ``<name>-features`` dataset of a BiAM-layout h5 file."""
+    with open_h5(path) as f:
+        key = next((k for k in f.keys() if k.endswith("-features")), None)
+        if key is None:
+            raise DataFormatError(f"{path}: no '<name>-features' datasets in the file")
+        shp = f[key].shape
+    if len(shp) != 2:
+        raise DataFormatError(f"{path}: '{key}': expected (channels, regions), got shape {shp}")
+    return int(shp[0]), int(shp[1])
+
+
 class BiAMH5Dataset(Dataset):
     """Per-image BiAM-layout features and labels from one h5 file, read lazily.
 
@@ -563,7 +575,10 @@ class BiAMH5Dataset(Dataset):
     def _read(self, f: Any, key: str) -> np.ndarray:
         if key not in f:
             raise DataFormatError(f"{self.path}: key '{key}' is missing")
-        return np.asarray(f[key][()])
+        try:
+            return np.asarray(f[key][()])
+        except OSError as exc:  # a damaged dataset (truncated copy, failed decompression)
+            raise DataFormatError(f"{self.path}: key '{key}' cannot be read ({exc})") from None
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Validated numpy arrays: features (512, 196) as stored, labels int8 (n_labels,)."""
@@ -671,6 +686,25 @@ def check_multilabel(kind: str, root: str | os.PathLike[str]) -> list[str]:
     raise ValueError(f"unknown multi-label dataset {kind!r} (expected 'nus_wide' or 'open_images')")
 
 
+def _report_feature_file(path: Path, n_labels: int, sample: int = 100) -> str:
+    """One report line on a BiAM-layout feature file: every image has its keys (checked when opened) and up to
+    ``sample`` images spread over the file read back valid (feature shape, label length and values)."""
+    if not path.is_file():
+        return f"  features {path.name}: absent (`unseen extract` writes one)"
+    shape = feature_shape(path)
+    ds = BiAMH5Dataset(path, None, n_labels=n_labels, feature_shape=shape)
+    try:
+        picks = np.unique(np.linspace(0, len(ds) - 1, min(sample, len(ds))).astype(np.int64))
+        for i in picks:
+            ds.read(int(i))
+    finally:
+        ds.close()
+    return (
+        f"  features {path.name}: {len(ds)} images, (channels, regions) = {shape}, {n_labels} labels each; "
+        f"every image's keys present, {len(picks)} images spread over the file read back valid"
+    )
+
+
 def _check_nus(root: Path) -> list[str]:
     ls = load_nus_wide_labels(root)
     not_tags = [c for c in ls.unseen_names if c not in set(ls.seen_source_names)]
@@ -702,6 +736,8 @@ def _check_nus(root: Path) -> list[str]:
         (a, b), (c, d) = loaded.values()
         equal = a.shape == c.shape and b.shape == d.shape and np.array_equal(a, c) and np.array_equal(b, d)
         lines.append(f"  pickle and .npz word vectors identical: {'yes' if equal else 'NO'}")
+    lines.append(_report_feature_file(root / "nus_wide_train.h5", ls.n_seen))
+    lines.append(_report_feature_file(root / "nus_wide_test.h5", ls.n_labels))
     return lines
 
 

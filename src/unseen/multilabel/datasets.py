@@ -21,11 +21,12 @@ from torch.utils.data import Dataset
 
 from unseen.config import build_dataclass, check_choice, to_dict
 from unseen.engine import progress
-from unseen.io import DataFormatError, open_h5, safe_pickle_load
+from unseen.io import DataFormatError, safe_pickle_load
 from unseen.multilabel.data import (
     NUS_GLOVE_FILES,
     BiAMH5Dataset,
     LabelSpace,
+    feature_shape,
     l2_normalize_rows,
     load_biam_names,
     load_nus_wide_glove,
@@ -59,18 +60,6 @@ class TensorSet(Dataset):
         if self.cls is None:
             return self.features[i], self.labels[i]
         return self.features[i], self.labels[i], self.cls[i]
-
-
-def feature_shape(path: Path) -> tuple[int, int]:
-    """(channels, regions) of the first ``<name>-features`` dataset of a BiAM-layout h5 file."""
-    with open_h5(path) as f:
-        key = next((k for k in f.keys() if k.endswith("-features")), None)
-        if key is None:
-            raise DataFormatError(f"{path}: no '<name>-features' datasets in the file")
-        shp = f[key].shape
-    if len(shp) != 2:
-        raise DataFormatError(f"{path}: '{key}': expected (channels, regions), got shape {shp}")
-    return int(shp[0]), int(shp[1])
 
 
 def _load_split(
