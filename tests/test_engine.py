@@ -185,10 +185,20 @@ DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, os.environ["TEST_DIR"])
     from test_engine import Toy, toy_data, loss_fn, cfg
     from unseen.engine import Engine
+    out, which = sys.argv[1], sys.argv[2]
     data, labels = toy_data()
     torch.manual_seed(0)
     model = Toy()
-    out = sys.argv[1]
+    if which == "epsilon":  # features without a CLS token: the model's CLS stem gets no gradient
+        from torch.utils.data import TensorDataset
+        from unseen.registry import create_model
+        import unseen.multilabel
+        x, y, emb = torch.randn(64, 6, 16), torch.randint(-1, 2, (64, 5)).to(torch.int8), torch.randn(5, 12)
+        data = TensorDataset(x, y)
+        model = create_model(
+            "epsilon", {"dim": 16, "heads": 2, "layers": 1}, "multilabel", in_dim=16, n_tokens=6, embed_dim=12
+        )
+        loss_fn = lambda m, b, s: model.loss(m(b[0], emb), b[1], emb)
     Engine(cfg(epochs=2), out, seed=0).fit(model, data, loss_fn)
     rank = torch.distributed.get_rank()
     torch.save({k: v for k, v in model.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))
@@ -196,7 +206,8 @@ DDP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow  # two torch processes (~10-17 s); the suite must stay under 3 minutes
-def test_ddp_two_processes_on_cpu(tmp_path):
+@pytest.mark.parametrize("which", ["toy", "epsilon"])
+def test_ddp_two_processes_on_cpu(tmp_path, which):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OMP_NUM_THREADS="1")
@@ -208,9 +219,10 @@ def test_ddp_two_processes_on_cpu(tmp_path):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29517",
+            str(29517 + (which == "epsilon")),
             str(script),
             str(tmp_path / "run"),
+            which,
         ],
         env=env,
         capture_output=True,

@@ -534,10 +534,12 @@ class Engine:
             log.info("resuming %s at epoch %d", self.run_dir, start)
         train_model: nn.Module = model
         if self.distributed:
+            # unused-parameter detection always: sub-steps train parts of the model, and a model may leave a part
+            # idle for its data (Epsilon-R's CLS stem on features without a CLS token, ablation switches)
             train_model = nn.parallel.DistributedDataParallel(
                 model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=len(substeps) > 1,
+                find_unused_parameters=True,
             )
         loader = make_train_loader(train_set, cfg, self.seed, labels)
         metrics_path = self.run_dir / "metrics.jsonl"
