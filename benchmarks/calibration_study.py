@@ -30,14 +30,17 @@ import torch
 from unseen.attribute.metrics import GAMMA_TRANSFERS, gzsl_accuracy
 
 
-def candidates_and_scores(run_dir: Path, task: Any) -> tuple[dict[str, float], np.ndarray, dict]:
+def candidates_and_scores(
+    run_dir: Path, task: Any, recorded: bool = False
+) -> tuple[dict[str, float], np.ndarray, dict]:
     """Every rule's gamma and the final model's test scores (float64) of one finished run (``task``: its
-    opened task)."""
+    opened task). ``recorded``: take the gammas the run recorded and its saved test scores without re-scoring
+    trained models (the run's own H is still checked against them)."""
     results = json.loads((run_dir / "results.json").read_text())
     sel = results["selection"]
     # scores are reproduced bit for bit only with the run's thread count (float reduction order)
     torch.set_num_threads(int(results["versions"].get("torch_threads", torch.get_num_threads())))
-    if "gamma_candidates" in sel and task.model_entry.fit != "engine":
+    if "gamma_candidates" in sel and (recorded or task.model_entry.fit != "engine"):
         return sel["gamma_candidates"], np.load(run_dir / "test_scores.npy").astype(np.float64), results
     d = task.data
     split = task.validation_split()
@@ -58,14 +61,14 @@ def candidates_and_scores(run_dir: Path, task: Any) -> tuple[dict[str, float], n
     return scored["gamma_candidates"], test, results
 
 
-def study(root: Path) -> list[dict]:
+def study(root: Path, recorded: bool = False) -> list[dict]:
     from unseen.task import open_run
 
     rows = []
     for res_path in sorted(root.glob("*/results.json")):
         run_dir = res_path.parent
         task = open_run(run_dir)  # reads the dataset once per run
-        cands, scores, results = candidates_and_scores(run_dir, task)
+        cands, scores, results = candidates_and_scores(run_dir, task, recorded)
         d = task.data
         labels = d.labels[task.test_idx]
         acc = {
@@ -155,11 +158,16 @@ def main() -> None:
     p.add_argument("--test", type=Path, required=True, help="runs of the benchmark (many_worlds.py output)")
     p.add_argument("--val", type=Path, help="the same runs with eval.split=val (chooses the rule)")
     p.add_argument("--out", type=Path, help="write the tables and per-run numbers here (.md, .json)")
+    p.add_argument(
+        "--recorded",
+        action="store_true",
+        help="use the gammas and test scores the runs saved instead of re-scoring their trained models (fast)",
+    )
     args = p.parse_args()
     text = []
     chosen = None
     if args.val:
-        val_rows = study(args.val)
+        val_rows = study(args.val, args.recorded)
         text.append(table(val_rows, "VALIDATION level (eval.split=val; no test image read)"))
         # every method weighs the same, whatever its number of runs
         methods = sorted({r["method"] for r in val_rows})
@@ -176,7 +184,7 @@ def main() -> None:
             f"chosen on validation (smallest mean over methods of the method's mean validation gap, in points: "
             f"{per_rule}): **{chosen}**\n"
         )
-    test_rows = study(args.test)
+    test_rows = study(args.test, args.recorded)
     text.append(table(test_rows, "TEST (for the record; the rule was chosen above)"))
     if chosen:
         text.append(with_rule(test_rows, chosen))

@@ -34,7 +34,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from unseen.config import ConfigError, RunConfig, config_hash, dump_yaml, load_run_config, to_dict
+from unseen.config import (
+    ConfigError,
+    RunConfig,
+    TrainConfig,
+    config_hash,
+    dump_yaml,
+    load_run_config,
+    to_dict,
+)
 from unseen.engine import (
     CHECKPOINT_STATE,
     Engine,
@@ -361,10 +369,14 @@ class Task:
         evaluate: EvalFn | None,
         epochs: int,
         labels: np.ndarray | None = None,
+        *,
+        select: str | None = None,
+        train_cfg: TrainConfig | None = None,
     ) -> FitResult:
-        """One engine run in ``run_dir/phase`` (resumed from its last checkpoint when the run is resumed)."""
+        """One engine run in ``run_dir/phase`` (resumed from its last checkpoint when the run is resumed), selecting
+        on ``select`` (default: the task's validation key) with ``train_cfg`` (default: ``cfg.train``)."""
         phase_dir = self.run_dir / phase
-        engine = Engine(self.cfg.train, phase_dir, seed=self.cfg.seed)
+        engine = Engine(train_cfg or self.cfg.train, phase_dir, seed=self.cfg.seed)
         # rank 0 owns the folder and settles an interrupted checkpoint write; the other ranks only look
         resume = self.resume and (
             settle_checkpoint(phase_dir) if self.rank == 0 else (phase_dir / CHECKPOINT_STATE).is_file()
@@ -375,7 +387,7 @@ class Task:
             train_set,
             loss_fn,
             evaluate,
-            select=self.select_key,
+            select=select or self.select_key,
             labels=labels,
             epochs=epochs,
             resume=resume,

@@ -45,8 +45,8 @@ from unseen.attribute.metrics import (
     transfer_gamma,
 )
 from unseen.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, make_transforms
-from unseen.config import ConfigError, EvalConfig, RunConfig, check_choice, load_run_config, to_dict
-from unseen.engine import Engine, LossFn, load_state_checked, progress
+from unseen.config import ConfigError, EvalConfig, RunConfig, check_choice, load_run_config
+from unseen.engine import LossFn, load_state_checked, progress
 from unseen.features import FeatureCache, PackedMaps, extract, provenance
 from unseen.io import (
     atomic_path,
@@ -436,18 +436,16 @@ class AttributeTask(Task):
             return {f"test_{k}": v for k, v in r.items()}
 
         model = self.build_model()  # same seed and init as the final phase: its run is a prefix of this one
-        # the release tests after every epoch, whatever train.eval_every says
-        engine = Engine(dataclasses.replace(cfg.train, eval_every=1), phase_dir, seed=cfg.seed)
-        result = engine.fit(
+        result = self.fit_phase(
+            "release",
             model,
             self.dataset(d.trainval_loc, train=not cfg.features.cache),
             self.phase_loss(d.seen_classes),
             evaluate,
+            cfg.train.epochs,
+            d.labels[d.trainval_loc],
             select="test_H",
-            labels=d.labels[d.trainval_loc],
-            epochs=cfg.train.epochs,
-            resume=self.resume and (phase_dir / "last.state.pt").is_file(),
-            meta={"config": json.dumps(to_dict(cfg)), "phase": "release"},
+            train_cfg=dataclasses.replace(cfg.train, eval_every=1),  # the release tests after every epoch
         )
         keys = ("czsl_top1", "S", "U", "H", "gamma")
         per_epoch = [
