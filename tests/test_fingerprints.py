@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -226,6 +227,10 @@ def test_versions_records_packages_device_and_commit(fresh_versions, monkeypatch
     else:
         assert v["device"] == v["cpu"] and v["cudnn"] in ("none", str(torch.backends.cudnn.version()))
     assert v["torch_threads"] == str(torch.get_num_threads())
+    assert v["world_size"] == os.environ.get("WORLD_SIZE", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")  # under torchrun
+    assert uio.versions()["world_size"] == "4"
+    monkeypatch.setenv("WORLD_SIZE", v["world_size"])
     # the package's own checkout, when there is one (never an error without)
     expected = uio.git_commit(Path(uio.__file__).parent)
     assert v.get("git_commit") == expected

@@ -375,8 +375,10 @@ def versions() -> dict[str, str]:
     and the packages of :data:`_TRACKED_PACKAGES` (``"not installed"`` when missing), torch's CUDA and cuDNN
     versions (``"none"`` on a CPU build), its CPU kernel level and thread count, the ``device`` (GPU name when CUDA
     is available, else the CPU model), the ``cpu`` model, and ``git_commit`` (``-dirty`` with uncommitted changes)
-    when ``unseen`` runs from a git checkout. Computed once per process (the thread count on every call)."""
+    when ``unseen`` runs from a git checkout, and ``world_size`` (torchrun's process count: each process trains on its
+    share of every batch). Computed once per process (the thread count and process count on every call)."""
     out = dict(_static_versions())
+    out["world_size"] = os.environ.get("WORLD_SIZE", "1")
     torch = sys.modules.get("torch")
     if torch is not None:  # runtime state: a run may have changed it after the first call
         out["torch_threads"] = str(torch.get_num_threads())
