@@ -34,8 +34,8 @@ def candidates_and_scores(
     run_dir: Path, task: Any, recorded: bool = False
 ) -> tuple[dict[str, float], np.ndarray, dict]:
     """Every rule's gamma and the final model's test scores (float64) of one finished run (``task``: its
-    opened task). ``recorded``: take the gammas the run recorded and its saved test scores without re-scoring
-    trained models (the run's own H is still checked against them)."""
+    opened task). ``recorded``: take the gammas the run recorded and its saved (float32) test scores without
+    re-scoring trained models; a near-tie in float32 may then move a run's own H, which is reported, not fatal."""
     results = json.loads((run_dir / "results.json").read_text())
     sel = results["selection"]
     # scores are reproduced bit for bit only with the run's thread count (float reduction order)
@@ -82,7 +82,7 @@ def study(root: Path, recorded: bool = False) -> list[dict]:
             print(
                 f"warning: {run_dir.name}: H {h[rule_used]:.6f} recomputed vs {results['metrics']['H']:.6f}"
             )
-            assert task.model_entry.fit != "engine", run_dir
+            assert recorded or task.model_entry.fit != "engine", run_dir
         oracle = results["oracle_test_selected"]["oracle_exact_H"]
         rows.append(
             {
@@ -161,7 +161,7 @@ def main() -> None:
     p.add_argument(
         "--recorded",
         action="store_true",
-        help="use the gammas and test scores the runs saved instead of re-scoring their trained models (fast)",
+        help="use the gammas and float32 test scores the runs saved instead of re-scoring their models (fast)",
     )
     args = p.parse_args()
     text = []

@@ -225,7 +225,8 @@ def rehearse_xlsa17(rec: Recorder, work: Path, ds: str, args: argparse.Namespace
     cfg = f"configs/attribute/{CONFIGS[ds]}.yaml"
     row = rec.run(f"{ds} train", unseen("train", cfg, *overrides))
     run = run_dir_of(row["output"])
-    # --resume on a finished run must continue from its last epoch (nothing left: it finishes at once)
+    # the README's --resume command on a finished run: nothing to do, the recorded results come back (a killed
+    # run's resume is tested in tests/test_attribute_run.py and tests/test_run_safety.py)
     rec.run(f"{ds} train --resume", unseen("train", "--resume", run))
     rec.run(f"{ds} eval", unseen("eval", run))
     # predict: an unseen-class image and a seen-class one, as files a user would pass

@@ -133,7 +133,7 @@ def _cli(*args):
     )
 
 
-def test_resuming_a_finished_run_leaves_it_as_it_is(mgmrn_run, monkeypatch):
+def test_resuming_a_finished_run_leaves_it_as_it_is(mgmrn_run, monkeypatch, tmp_path):
     from unseen.engine import Engine
 
     run_dir, res = mgmrn_run
@@ -142,6 +142,12 @@ def test_resuming_a_finished_run_leaves_it_as_it_is(mgmrn_run, monkeypatch):
     again = runs.train(None, [], resume=run_dir)
     assert again["metrics"] == res["metrics"] and again["run_dir"] == str(run_dir)
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    # an override that changes the config continues the run (here: would train again)
+    import shutil
+
+    other = shutil.copytree(run_dir, tmp_path / "copy")
+    with pytest.raises(pytest.fail.Exception, match="trained again"):
+        runs.train(None, ["train.epochs=3"], resume=other)
 
 
 def test_cli_errors_are_specific_and_without_traceback(tmp_path, capsys):

@@ -553,7 +553,7 @@ def test_glove_loader(tmp_path):
     path3.write_text("cat 1 2 3\nwet 1 2\n")
     with pytest.raises(
         DataFormatError,
-        match=r"short\.txt: line 2: word 'wet': expected 3 finite numbers after the word, got 2 values",
+        match=r"short\.txt: line 2: word 'wet': expected 3 numbers after the word, got 2",
     ):
         load_glove_vectors(path3, ["cat", "wet"])
     # end to end: GloVe vectors into the feasibility computation

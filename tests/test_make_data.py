@@ -264,8 +264,20 @@ def test_glove_vectors_average_words_and_report_missing(tmp_path: Path) -> None:
     assert not arr[0].any() and info["zero_rows"] == ["grey cat"] and info["missing_words"] == ["cat", "grey"]
     np.testing.assert_allclose(arr[1], (vecs["red"] + vecs["fox"]) / 2, rtol=1e-6)
     (tmp_path / "bad.txt").write_text("red 1 2 3\nfox 1 x 3\n")
-    with pytest.raises(DataFormatError, match=r"bad.txt: line 2: word 'fox': expected 3 finite numbers"):
+    with pytest.raises(DataFormatError, match=r"bad.txt: line 2: word 'fox': a value is not a number"):
         glove_vectors(["fox"], tmp_path / "bad.txt")
+    (tmp_path / "inf.txt").write_text("red 1 2 3\nfox 1 inf 3\n")
+    with pytest.raises(DataFormatError, match=r"inf.txt: line 2: word 'fox': a value is not finite"):
+        read_glove(tmp_path / "inf.txt", ["fox"])
+    # a word's first line counts (cased duplicates too); 840B-style words with a space are not ours
+    (tmp_path / "dup.txt").write_text(
+        "Red 1 1 1\nred 2 2 2\nred 3 3 3\nnew york 4 4 4\nnew 5 5 5\nRED 6 6 6\n"
+    )
+    found, dim = read_glove(tmp_path / "dup.txt", ["red", "new", "york"])
+    assert dim == 3 and set(found) == {"red", "new"}
+    assert found["red"].tolist() == [2.0, 2.0, 2.0] and found["new"].tolist() == [5.0, 5.0, 5.0]
+    found, _ = read_glove(tmp_path / "dup.txt", ["Red"])
+    assert found["Red"].tolist() == [1.0, 1.0, 1.0]
 
 
 def test_wordvectors_for_an_xlsa17_folder_are_picked_up_by_the_reader(tmp_path: Path) -> None:
@@ -392,17 +404,24 @@ def test_multilabel_files_read_back_by_the_nus_wide_reader(tmp_path: Path) -> No
     lines = check_multilabel("nus_wide", out)
     assert any("seen: 4" in ln and "unseen (ZSL): 2" in ln for ln in lines)
     # `data check nus_wide` opens the feature files too: counts, shape and label lengths, then a bad file is named
+    text = "\n".join(lines)
     assert (
-        "  features nus_wide_train.h5: 19 images, (channels, regions) = (16, 4), 4 labels each"
-        in "\n".join(lines)
+        "features nus_wide_train.h5: 19 images (the images of img_names.pkl), (channels, regions) = (16, 4)"
+        in text
     )
-    assert "  features nus_wide_test.h5: 5 images, (channels, regions) = (16, 4), 6 labels each" in "\n".join(
-        lines
+    assert (
+        "features nus_wide_test.h5: 5 images (the images of test_img_names.pkl), (channels, regions)" in text
     )
+    assert "4 labels each" in text and "6 labels each" in text
     import shutil
 
     bad = shutil.copytree(out, tmp_path / "bad")
-    shutil.copy(bad / "nus_wide_train.h5", bad / "nus_wide_test.h5")  # 4 labels where the test file has 6
+    shutil.copy(bad / "nus_wide_train.h5", bad / "nus_wide_test.h5")  # the training images, 4 labels each
+    with pytest.raises(
+        DataFormatError, match=r"nus_wide_test\.h5: key '\S+-features' is missing .*'<name>-labels'"
+    ):
+        check_multilabel("nus_wide", bad)  # the test names are not in it
+    (bad / "test_img_names.pkl").unlink()  # every image in the file: the label length is wrong
     with pytest.raises(DataFormatError, match=r"nus_wide_test\.h5: .*labels.*6"):
         check_multilabel("nus_wide", bad)
     # refusal, and nothing half-written by a failing make

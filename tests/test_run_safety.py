@@ -169,10 +169,12 @@ def test_claim_is_released_when_the_holder_dies(tmp_path):
         os.fork()
     )  # a forked child claims and dies (a fresh interpreter would spend seconds importing torch)
     if pid == 0:
+        code = 1
         try:
             RunFolderClaim(tmp_path / "run", False)
+            code = 9  # claimed; dies holding it
         finally:
-            os._exit(9)
+            os._exit(code)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 9
     assert (tmp_path / "run" / ".lock").read_text().strip() == str(pid)  # the child held the claim
     RunFolderClaim(tmp_path / "run", resume=True).release()  # the kill released the lock: resume can go on

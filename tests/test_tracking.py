@@ -32,6 +32,10 @@ def test_run_writes_csv_and_tensorboard_read_back(tmp_path):
     assert [e.step for e in acc.Scalars("train/train/loss")] == [0, 1]
     assert acc.Scalars("test/cw/AUC")[0].value == pytest.approx(res["metrics"]["cw/AUC"])
     assert "plots/seen_unseen_curve" in tags["images"]
+    again = runs.evaluate_run(
+        run_dir
+    )  # the saved CSP model reproduces its metrics (its end-to-end test is slow)
+    assert all(again[k] == pytest.approx(v, abs=1e-12) for k, v in res["metrics"].items())
 
 
 def test_unknown_or_missing_tracking_backend(tmp_path, monkeypatch):

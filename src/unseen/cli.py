@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue a killed run from its last checkpoint (a finished run is left as it is)",
+        help="continue a killed run from its last checkpoint (a finished run with an unchanged config is left as it is)",
     )
     t.add_argument(
         "--seeds", help="a seed sweep, e.g. 0,1,2 or 0-4: one run per seed, then a mean ± std report"

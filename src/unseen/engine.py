@@ -2,7 +2,8 @@
 
 Setting-agnostic. A task hands it
 - a model (``nn.Module``; it may expose ``train_substeps()`` -> list of sub-step keys, one optimizer step each,
-  default ``[None]``),
+  default ``[None]``, and ``ddp_find_unused_parameters = True`` when some of its parameters may get no gradient
+  in a step, which torchrun's DDP must be told),
 - a ``loss_fn(model, batch, substep) -> (loss, logs)`` that calls ``model(...)`` (so DDP hooks see the forward),
 - a training ``Dataset`` (+ labels for the class-balanced episodic sampler when ``train.shots > 0``),
 - an ``evaluate(model, epoch) -> dict`` returning at least the selection key (run on rank 0).
@@ -534,12 +535,12 @@ class Engine:
             log.info("resuming %s at epoch %d", self.run_dir, start)
         train_model: nn.Module = model
         if self.distributed:
-            # unused-parameter detection always: sub-steps train parts of the model, and a model may leave a part
-            # idle for its data (Epsilon-R's CLS stem on features without a CLS token, ablation switches)
+            # sub-steps train parts of the model; a model may leave a part idle for its data and says so
+            find_unused = len(substeps) > 1 or bool(getattr(model, "ddp_find_unused_parameters", False))
             train_model = nn.parallel.DistributedDataParallel(
                 model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True,
+                find_unused_parameters=find_unused,
             )
         loader = make_train_loader(train_set, cfg, self.seed, labels)
         metrics_path = self.run_dir / "metrics.jsonl"

@@ -292,20 +292,25 @@ def read_glove(path: str | os.PathLike[str], words: Sequence[str]) -> tuple[dict
                     raise DataFormatError(
                         f"{path}: line {lineno}: expected 'word v1 ... vD', got {line[:60]!r}"
                     )
+            head = line.split(b" ", 1)[0].decode("utf-8", errors="replace")
+            if head not in wanted and head.lower() not in wanted:
+                continue  # wanted words have no spaces: only their lines are parsed
             fields = line.rsplit(b" ", dim)  # from the right: some GloVe 840B words contain spaces
             word = fields[0].decode("utf-8", errors="replace")
             low = word.lower()
             if word in exact or (word not in wanted and (low not in wanted or low in exact or low in folded)):
-                continue  # the first line of a word counts
+                continue  # a word's first line counts
+            where = f"{path}: line {lineno}: word '{word}'"
+            if len(fields) - 1 != dim:
+                raise DataFormatError(
+                    f"{where}: expected {dim} numbers after the word, got {len(fields) - 1}"
+                )
             try:
                 vec = np.array([float(x) for x in fields[1:]], np.float64)
             except ValueError:
-                vec = np.zeros(0)
-            if len(vec) != dim or not np.all(np.isfinite(vec)):
-                raise DataFormatError(
-                    f"{path}: line {lineno}: word '{word}': expected {dim} finite numbers after the word, "
-                    f"got {len(fields) - 1} values"
-                )
+                raise DataFormatError(f"{where}: a value is not a number") from None
+            if not np.all(np.isfinite(vec)):
+                raise DataFormatError(f"{where}: a value is not finite")
             (exact if word in wanted else folded)[word if word in wanted else low] = vec
             if len(exact) == len(wanted):
                 break

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unseen.config import ConfigError, RunConfig, load_config, load_run_config
+from unseen.config import ConfigError, RunConfig, config_hash, load_config, load_run_config
 from unseen.registry import get_task
-from unseen.task import open_run
+from unseen.task import RunFolderClaim, open_run
 
 log = logging.getLogger("unseen")
 
@@ -72,20 +72,29 @@ def train(
             )
         run_dir = Path(resume)
         cfg = load_run_config(run_dir, list(overrides))
-        done = run_dir / "results.json"
-        if done.is_file() and not overrides:  # finished: resuming it would only test the same model again
-            from unseen.report import run_record
-
-            run_record(run_dir)  # a results.json of unseen, or a clear error
-            log.info(
-                "%s is finished: nothing to resume (`unseen eval %s` recomputes its metrics)",
-                run_dir,
-                run_dir,
-            )
-            return {**json.loads(done.read_text()), "run_dir": str(run_dir)}
+        finished = _finished(run_dir, cfg)
+        if finished is not None:
+            return finished
         return run_config(cfg, run_dir, resume=True)
     cfg = load_config(resolve_config_path(config) if config else None, list(overrides))
     return run_config(cfg, new_run_dir(cfg))
+
+
+def _finished(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The results of ``run_dir`` if it finished with exactly ``cfg`` (resuming it would only test the same model
+    again), else None. A folder another process is writing to is refused as for any resume."""
+    from unseen.report import run_record
+
+    done = run_dir / "results.json"
+    if not done.is_file():
+        return None
+    run_record(run_dir)  # a results.json of unseen, or a clear error
+    results = json.loads(done.read_text())
+    if results.get("config_hash") != config_hash(cfg):  # overrides, or a run killed after they were saved
+        return None
+    RunFolderClaim(run_dir, resume=True).release()
+    log.info("%s is finished: nothing to resume (`unseen eval %s` recomputes its metrics)", run_dir, run_dir)
+    return {**results, "run_dir": str(run_dir)}
 
 
 def parse_seeds(text: str) -> list[int]:

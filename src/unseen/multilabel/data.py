@@ -533,8 +533,9 @@ class BiAMH5Dataset(Dataset):
                         for suf in ("features", *self.label_keys):
                             if f"{n}-{suf}" not in keys:
                                 raise DataFormatError(
-                                    f"{self.path}: key '{n}-{suf}' is missing (image {n!r}, expected "
-                                    f"'<name>-features' and '<name>-{suf}')"
+                                    f"{self.path}: key '{n}-{suf}' is missing (image {n!r}; every image needs "
+                                    + ", ".join(f"'<name>-{k}'" for k in ("features", *self.label_keys))
+                                    + ")"
                                 )
                 if self.names:  # fix unknown lengths from the first image
                     for j, suf in enumerate(self.label_keys):
@@ -686,22 +687,25 @@ def check_multilabel(kind: str, root: str | os.PathLike[str]) -> list[str]:
     raise ValueError(f"unknown multi-label dataset {kind!r} (expected 'nus_wide' or 'open_images')")
 
 
-def _report_feature_file(path: Path, n_labels: int, sample: int = 100) -> str:
-    """One report line on a BiAM-layout feature file: every image has its keys (checked when opened) and up to
-    ``sample`` images spread over the file read back valid (feature shape, label length and values)."""
+def _report_feature_file(path: Path, names_file: Path, n_labels: int, sample: int = 100) -> str:
+    """One report line on a BiAM-layout feature file: every image has its keys (checked when opened; the images of
+    ``names_file`` when it exists, as training reads them, else every image in the file) and up to ``sample``
+    images spread over them read back valid (feature shape, label length and values)."""
     if not path.is_file():
         return f"  features {path.name}: absent (`unseen extract` writes one)"
     shape = feature_shape(path)
-    ds = BiAMH5Dataset(path, None, n_labels=n_labels, feature_shape=shape)
+    names = load_biam_names(names_file) if names_file.is_file() else None
+    ds = BiAMH5Dataset(path, names, n_labels=n_labels, feature_shape=shape)
     try:
         picks = np.unique(np.linspace(0, len(ds) - 1, min(sample, len(ds))).astype(np.int64))
         for i in picks:
             ds.read(int(i))
     finally:
         ds.close()
+    which = f"the images of {names_file.name}" if names is not None else "every image in the file"
     return (
-        f"  features {path.name}: {len(ds)} images, (channels, regions) = {shape}, {n_labels} labels each; "
-        f"every image's keys present, {len(picks)} images spread over the file read back valid"
+        f"  features {path.name}: {len(ds)} images ({which}), (channels, regions) = {shape}, {n_labels} labels "
+        f"each; every image's keys present, {len(picks)} images spread over them read back valid"
     )
 
 
@@ -736,8 +740,8 @@ def _check_nus(root: Path) -> list[str]:
         (a, b), (c, d) = loaded.values()
         equal = a.shape == c.shape and b.shape == d.shape and np.array_equal(a, c) and np.array_equal(b, d)
         lines.append(f"  pickle and .npz word vectors identical: {'yes' if equal else 'NO'}")
-    lines.append(_report_feature_file(root / "nus_wide_train.h5", ls.n_seen))
-    lines.append(_report_feature_file(root / "nus_wide_test.h5", ls.n_labels))
+    lines.append(_report_feature_file(root / "nus_wide_train.h5", root / "img_names.pkl", ls.n_seen))
+    lines.append(_report_feature_file(root / "nus_wide_test.h5", root / "test_img_names.pkl", ls.n_labels))
     return lines
 
 

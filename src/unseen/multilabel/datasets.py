@@ -90,7 +90,7 @@ def _load_split(
                 feats[i] = torch.from_numpy(np.ascontiguousarray(x.T))
                 labs.append(y)
                 if has_cls:
-                    cls.append(np.asarray(f[f"{part.names[j]}-cls"][()], np.float32))
+                    cls.append(np.asarray(part._read(f, f"{part.names[j]}-cls"), np.float32))
                 i += 1
             part.close()
         cls_t = torch.from_numpy(np.stack(cls)) if len(cls) == n and n else None

@@ -103,6 +103,10 @@ def check_config(cfg: EpsilonConfig) -> None:
 
 
 class Epsilon(nn.Module):
+    ddp_find_unused_parameters = (
+        True  # the CLS stem gets no gradient on features without a CLS token (BiAM's)
+    )
+
     def __init__(self, cfg: EpsilonConfig, in_dim: int, n_tokens: int, embed_dim: int) -> None:
         super().__init__()
         check_config(cfg)  # again: a config may have been changed after it was built
