@@ -252,14 +252,24 @@ def _experiment_key(run_dir: Path) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def run_record(run_dir: Path) -> dict[str, Any]:
-    """One finished run, flattened for comparison: headline metrics and the labelled test-selected block."""
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """A finished run's ``results.json``, or a DataFormatError naming it."""
     import json
 
     from unseen.io import DataFormatError
 
     try:
-        res = json.loads((run_dir / "results.json").read_text())
+        return json.loads((run_dir / "results.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"{run_dir / 'results.json'}: not a results file of unseen ({exc!r})") from None
+
+
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """One finished run, flattened for comparison: headline metrics and the labelled test-selected block."""
+    from unseen.io import DataFormatError
+
+    res = read_results(run_dir)
+    try:
         values = {
             **res["metrics"],
             **{k: v for k, v in res.get("oracle_test_selected", {}).items() if k != "note"},
@@ -276,7 +286,7 @@ def run_record(run_dir: Path) -> dict[str, Any]:
                 k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             },
         }
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise DataFormatError(f"{run_dir / 'results.json'}: not a results file of unseen ({exc!r})") from None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -83,14 +82,14 @@ def train(
 def _finished(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     """The results of ``run_dir`` if it finished with exactly ``cfg`` (resuming it would only test the same model
     again), else None. A folder another process is writing to is refused as for any resume."""
-    from unseen.report import run_record
+    from unseen.report import read_results
 
-    done = run_dir / "results.json"
-    if not done.is_file():
+    if not (run_dir / "results.json").is_file():
         return None
-    run_record(run_dir)  # a results.json of unseen, or a clear error
-    results = json.loads(done.read_text())
-    if results.get("config_hash") != config_hash(cfg):  # overrides, or a run killed after they were saved
+    results = read_results(run_dir)
+    if not isinstance(results, dict) or results.get("config_hash") != config_hash(
+        cfg
+    ):  # overrides, or a run killed after they were saved
         return None
     RunFolderClaim(run_dir, resume=True).release()
     log.info("%s is finished: nothing to resume (`unseen eval %s` recomputes its metrics)", run_dir, run_dir)
