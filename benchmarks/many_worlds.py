@@ -7,7 +7,8 @@
 Each (world, seed, method) is one ordinary `unseen train <setting>/demo_<method>` run in
 ``OUT/w<world>-s<seed>-<method>`` (a finished one is kept and not rerun, so the script can be stopped and
 restarted). The first run of every world builds it (render, pretraining) alone; the rest run ``--jobs`` at a time,
-each with ``cores / jobs`` threads. The summary (``OUT/summary.md``) gives, per method, the mean ± std over all runs,
+each with ``cores / jobs`` threads (``--cores``: all of the machine's unless told, e.g. to run two settings side by
+side). The summary (``OUT/summary.md``) gives, per method, the mean ± std over all runs,
 the per-world means with each method's rank in that world, and the gap to chance; ``--preset hard`` uses the
 setting's harder world (fewer training images, more clutter or attribute overlap).
 """
@@ -87,7 +88,7 @@ def run_one(
 def run_all(args: argparse.Namespace, out: Path) -> None:
     extra = (HARD[args.setting] if args.preset == "hard" else []) + args.overrides
     jobs = [(m, w, s) for w in args.worlds for s in args.seeds for m in args.methods]
-    cores = os.cpu_count() or 1
+    cores = args.cores
     # the cheapest method (listed last) builds each world and its pretrained backbone, alone
     builder = args.methods[-1]
     firsts = {w: next(j for j in jobs if j[1] == w and j[0] == builder) for w in args.worlds}
@@ -175,6 +176,9 @@ def main() -> None:
     p.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=None)
     p.add_argument("--preset", choices=("default", "hard"), default="default")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument(
+        "--cores", type=int, default=os.cpu_count() or 1, help="threads in all (builders use them all)"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--summary-only", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted overrides for every run (e.g. eval.split=val)")

@@ -210,6 +210,24 @@ def test_engine_logs_progress_during_an_epoch(tmp_path, monkeypatch, caplog):
     assert len(steps) == 10 and steps[0].startswith("train epoch 1/1: 2/20 (10%)") and "loss=" in steps[0]
 
 
+def test_training_does_not_depend_on_the_terminal(tmp_path, monkeypatch):
+    """A tqdm bar (terminal), log lines (off one) or no progress: the same dropout masks, the same weights.
+    tqdm.auto built a throwaway DataLoader iterator, one extra draw from the global RNG each epoch, only on a
+    terminal (BiAM's demo mAP moved by a point with it)."""
+    data, _ = toy_data()
+
+    def weights(name, progress, terminal):
+        monkeypatch.setattr(engine, "progress_enabled", lambda flag=True: flag and terminal)
+        torch.manual_seed(0)
+        model = Toy()
+        Engine(cfg(epochs=2, progress=progress), tmp_path / name, seed=0).fit(model, data, loss_fn)
+        return model.state_dict()
+
+    quiet = weights("quiet", progress=False, terminal=False)
+    for name, w in {"bar": weights("bar", True, True), "lines": weights("lines", True, False)}.items():
+        assert all(torch.equal(quiet[k], w[k]) for k in quiet), name
+
+
 def test_weights_loader_raises_for_old_checkpoint_layout(tmp_path):
     """A checkpoint written before the weights hash existed still resumes (no hash to verify)."""
     _fit(tmp_path, epochs=2)

@@ -115,7 +115,9 @@ def progress(
     if not enabled or get_rank() != 0:
         return iterable
     if progress_enabled(enabled):
-        from tqdm.auto import tqdm
+        # not tqdm.auto: its asyncio wrapper calls iter() at construction, a throwaway DataLoader iterator that
+        # draws from the global RNG, so dropout masks (and results) depended on whether stderr was a terminal
+        from tqdm import tqdm
 
         return tqdm(iterable, desc=desc, dynamic_ncols=True, leave=False, **kwargs)
     return LogProgress(iterable, desc, kwargs.get("total"), unit, scale)
