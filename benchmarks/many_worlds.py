@@ -53,6 +53,12 @@ def demo(setting: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     return methods, tuple(c for c in spec.columns if c[0] not in ("method", "time"))
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def parse_range(text: str) -> list[int]:
     if "-" in text and "," not in text:
         lo, hi = (int(v) for v in text.split("-"))
@@ -175,9 +181,12 @@ def main() -> None:
     p.add_argument("--seeds", type=parse_range, default=[0, 1, 2])
     p.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=None)
     p.add_argument("--preset", choices=("default", "hard"), default="default")
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=positive_int, default=2)
     p.add_argument(
-        "--cores", type=int, default=os.cpu_count() or 1, help="threads in all (builders use them all)"
+        "--cores",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="threads in all (builders use them all)",
     )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--summary-only", action="store_true")

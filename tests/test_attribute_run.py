@@ -163,6 +163,16 @@ def test_cli_errors_are_specific_and_without_traceback(tmp_path, capsys):
     assert "att_splits.mat: file not found" in err and "Traceback" not in err
 
 
+def test_cli_output_into_a_closed_pipe_stops_quietly():
+    """`unseen list | head -1`: the reader leaves before the output is written; no traceback, exit 141."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "unseen", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    p.stdout.close()  # before the child has printed anything: its first write meets a closed pipe
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141 and err == ""
+
+
 def test_cli_list_and_data_check(shared_data, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out

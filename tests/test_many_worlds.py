@@ -1,11 +1,14 @@
 """benchmarks/many_worlds.py and benchmarks/calibration_study.py summaries, on synthetic run folders: means, sample
 standard deviations, per-world ranks and calibration gaps recomputed independently."""
 
+import argparse
 import importlib.util
 import json
 import statistics
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,3 +87,11 @@ def test_calibration_gap_table():
     q = next(x for x in text.splitlines() if x.startswith("| quantile |"))
     all_gaps = [2.0, 0.0, 2.0]
     assert q.split(" | ")[3] == f"{statistics.fmean(all_gaps):.1f} ± {statistics.stdev(all_gaps):.1f}"
+
+
+def test_jobs_and_cores_must_be_positive():
+    mw = _load("many_worlds")
+    assert mw.positive_int("3") == 3
+    for bad in ("0", "-1", "x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="whole number >= 1"):
+            mw.positive_int(bad)

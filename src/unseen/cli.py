@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -158,6 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"unseen {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except (
+        BrokenPipeError
+    ):  # the reader left (`unseen report ... | head`): stop quietly, as other CLI tools do
+        os.dup2(
+            os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()
+        )  # no second error when Python flushes stdout
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
 
 
 def _dispatch(args: argparse.Namespace) -> int:

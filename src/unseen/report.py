@@ -252,22 +252,27 @@ def _experiment_key(run_dir: Path) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def read_results(run_dir: Path) -> dict[str, Any]:
-    """A finished run's ``results.json``, or a DataFormatError naming it."""
-    import json
-
+def _not_results(run_dir: Path, why: object) -> Exception:
     from unseen.io import DataFormatError
 
+    return DataFormatError(f"{run_dir / 'results.json'}: not a results file of unseen ({why!r})")
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """A finished run's ``results.json`` (a JSON object), or a DataFormatError naming it."""
+    import json
+
     try:
-        return json.loads((run_dir / "results.json").read_text())
+        res = json.loads((run_dir / "results.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataFormatError(f"{run_dir / 'results.json'}: not a results file of unseen ({exc!r})") from None
+        raise _not_results(run_dir, exc) from None
+    if not isinstance(res, dict):
+        raise _not_results(run_dir, f"a JSON {type(res).__name__}, not an object")
+    return res
 
 
 def run_record(run_dir: Path) -> dict[str, Any]:
     """One finished run, flattened for comparison: headline metrics and the labelled test-selected block."""
-    from unseen.io import DataFormatError
-
     res = read_results(run_dir)
     try:
         values = {
@@ -286,8 +291,8 @@ def run_record(run_dir: Path) -> dict[str, Any]:
                 k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             },
         }
-    except (KeyError, TypeError) as exc:
-        raise DataFormatError(f"{run_dir / 'results.json'}: not a results file of unseen ({exc!r})") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise _not_results(run_dir, exc) from None
 
 
 def columns(setting: str, records: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -87,9 +87,7 @@ def _finished(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     if not (run_dir / "results.json").is_file():
         return None
     results = read_results(run_dir)
-    if not isinstance(results, dict) or results.get("config_hash") != config_hash(
-        cfg
-    ):  # overrides, or a run killed after they were saved
+    if results.get("config_hash") != config_hash(cfg):  # overrides, or a run killed after they were saved
         return None
     RunFolderClaim(run_dir, resume=True).release()
     log.info("%s is finished: nothing to resume (`unseen eval %s` recomputes its metrics)", run_dir, run_dir)
